@@ -1,0 +1,63 @@
+"""The ``gradscope`` command: one sub-command per job, each owned by the package that does it.
+
+Each sub-command module exposes ``configure(parser)`` (adds its arguments) and
+``execute(args) -> int`` (runs it and returns the exit code). Errors a user can
+fix (bad choices, missing files) are raised as ``ValueError`` or
+``gradscope.UsageError``, printed as one line and turned into exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help). Import is lazy so `gradscope --help` stays fast.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("gradscope.train.cli", "train a GAN under a normalization with the recorder attached"),
+    "eval": ("gradscope.train.eval_cli", "compute sample-quality metrics for a run's checkpoint"),
+    "demo": ("gradscope.demo", "print the normalization family's spectral norms on the SNDCGAN discriminator"),
+}
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A problem the user can fix from the command line; printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gradscope import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="gradscope",
+        description="Spectral normalization in GANs: run it, watch it, check it.",
+    )
+    parser.add_argument("--version", action="version", version=f"gradscope {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sp = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0],
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.configure(sp)
+        sp.set_defaults(_execute=module.execute)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gradscope`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_execute", None) is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args._execute(args) or 0)
+    except (UsageError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"gradscope {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
