@@ -26,7 +26,8 @@ class UsageError(Exception):
     """A problem the user can fix from the command line; printed as one line, exit code 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Build the parser; only ``command``'s module is imported and configured (fast start-up)."""
     from gradscope import __version__
 
     parser = argparse.ArgumentParser(
@@ -36,17 +37,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gradscope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
+        if name != command:
+            sub.add_parser(name, help=help_text, add_help=False)
+            continue
         module = importlib.import_module(module_name)
-        sp = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0],
+        doc_lines = (module.__doc__ or help_text).strip().splitlines()
+        sp = sub.add_parser(name, help=help_text, description=doc_lines[0],
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         module.configure(sp)
         sp.set_defaults(_execute=module.execute)
     return parser
 
 
+def _command_in(argv: Sequence[str]) -> str | None:
+    for token in argv:
+        if not token.startswith("-"):
+            return token if token in SUBCOMMANDS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gradscope`` console script."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     if getattr(args, "_execute", None) is None:
         parser.print_help()
