@@ -1,0 +1,99 @@
+"""Where the analyses live: names ``c1`` .. ``c8`` mapped to modules, imported only when used.
+
+A module for claim ``cN`` is the file ``analyses/cN_<anything>.py``; it is
+found by that prefix, so adding an analysis needs no edit here. A missing or
+broken module is reported (:class:`AnalysisUnavailable`), never crashes the
+other analyses.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+from types import ModuleType
+
+from analyses.common import AnalysisResult, check_scale
+
+NAMES: tuple[str, ...] = tuple(f"c{i}" for i in range(1, 9))
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class AnalysisUnavailable(RuntimeError):
+    """The analysis module is missing or fails to import."""
+
+
+def normalize_name(name: str) -> str:
+    """``"C5"``, ``"c5"`` or ``"c5_lecun"`` -> ``"c5"``; a one-line ``ValueError`` for anything else.
+
+    Examples
+    --------
+    >>> normalize_name("C5")
+    'c5'
+    """
+    key = str(name).strip().lower().split("_", 1)[0]
+    if key not in NAMES:
+        raise ValueError(f"unknown analysis {name!r}; valid choices: {', '.join(NAMES)}")
+    return key
+
+
+def parse_names(spec: str | None) -> list[str]:
+    """A comma-separated list (``"C1,C5"``) -> normalized names in claim order; ``None``/empty -> all."""
+    if spec is None or not spec.strip():
+        return list(NAMES)
+    chosen = {normalize_name(part) for part in spec.split(",") if part.strip()}
+    return [n for n in NAMES if n in chosen]
+
+
+def module_name(name: str) -> str | None:
+    """The dotted module name for ``name`` or ``None`` when no file implements it."""
+    key = normalize_name(name)
+    candidates = sorted(_PACKAGE_DIR.glob(f"{key}_*.py"))
+    return f"analyses.{candidates[0].stem}" if candidates else None
+
+
+def load(name: str) -> ModuleType:
+    """Import the analysis module for ``name``; raise :class:`AnalysisUnavailable` if it cannot."""
+    key = normalize_name(name)
+    dotted = module_name(key)
+    if dotted is None:
+        raise AnalysisUnavailable(f"{key}: no module analyses/{key}_*.py")
+    try:
+        module = importlib.import_module(dotted)
+    except Exception as exc:  # a broken analysis must not take the others down
+        raise AnalysisUnavailable(f"{key}: {dotted} failed to import: {type(exc).__name__}: {exc}") from exc
+    for attr in ("CLAIM", "TITLE", "run"):
+        if not hasattr(module, attr):
+            raise AnalysisUnavailable(f"{key}: {dotted} lacks {attr}")
+    return module
+
+
+def available() -> dict[str, str | None]:
+    """Name -> module (or ``None`` where missing), without importing anything."""
+    return {n: module_name(n) for n in NAMES}
+
+
+def run_analysis(name: str, scale: str, out: str | Path, seed: int = 0) -> AnalysisResult:
+    """Run one analysis into ``out`` and save its checks and summary there.
+
+    Parameters
+    ----------
+    name : str
+        ``"c1"`` .. ``"c8"`` (any case).
+    scale : str
+        ``"tiny"``, ``"small"`` or ``"paper"``.
+    out : path
+        Directory for its tables, figures, ``checks.csv`` and ``result.json``.
+    seed : int
+        Random seed passed to the analysis.
+    """
+    check_scale(scale)
+    module = load(name)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    result = module.run(scale, out, seed=seed)
+    if not isinstance(result, AnalysisResult):
+        raise AnalysisUnavailable(f"{name}: run() returned {type(result).__name__}, not AnalysisResult")
+    result.notes.append(f"ran in {time.perf_counter() - start:.1f} s at scale {scale!r}, seed {seed}")
+    result.save(out)
+    return result
