@@ -16,6 +16,9 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("gradscope.train.cli", "train a GAN under a normalization with the recorder attached"),
     "eval": ("gradscope.train.eval_cli", "compute sample-quality metrics for a run's checkpoint"),
+    "check": ("analyses.check_cli", "run the fast numerical checks of the paper's claims and print verdicts"),
+    "reproduce": ("analyses.reproduce_cli", "run analyses at a scale and write their data and figures"),
+    "sweep": ("gradscope.sweep.cli", "run a grid of runs on a local pool or a Ray cluster, or summarize one"),
     "demo": ("gradscope.demo", "print the normalization family's spectral norms on the SNDCGAN discriminator"),
 }
 
