@@ -187,8 +187,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.cut_after is not None:
             payload = payload[:self.cut_after]
             self.close_connection = True
+        entry["sent"] = len(payload)  # before writing: the client may check the log as soon as it has read
         self.wfile.write(payload)
-        entry["sent"] = len(payload)
 
     def log_message(self, *args) -> None:
         pass
