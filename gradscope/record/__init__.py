@@ -1,0 +1,16 @@
+"""Recording what a model does while it trains, storing it, and reading it back.
+
+Public API: :class:`Recorder`, :func:`load_run` / :class:`Run`, :class:`RunWriter`,
+:class:`AlertRule` with :data:`DEFAULT_RULES`, and :data:`STATS` (every statistic's name,
+schedule and meaning).
+"""
+from __future__ import annotations
+
+from gradscope.record.alerts import DEFAULT_RULES, AlertRule
+from gradscope.record.reader import Run, load_run
+from gradscope.record.recorder import Recorder
+from gradscope.record.stats import SLOPE_SCALARS, STATS
+from gradscope.record.storage import STATES, RunWriter
+
+__all__ = ["DEFAULT_RULES", "SLOPE_SCALARS", "STATES", "STATS", "AlertRule", "Recorder", "Run", "RunWriter",
+           "load_run"]

@@ -1,0 +1,153 @@
+"""The hot path: module and tensor hooks that feed the step buffer while the model trains.
+
+Hooks stay registered for the whole run but return at once unless the
+observer is *armed* (the coming step will be recorded). When armed they
+enqueue a few reductions per tensor (see :mod:`gradscope.record.buffer`) and
+register gradient hooks on that step's activations only; nothing is read on
+the host. Forward passes run with gradients disabled (sampling, evaluation)
+and the recorder's own probes (``suspended``) are ignored.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from gradscope.record.buffer import StepBuffer
+from gradscope.record.layers import Layer
+
+
+class Observer:
+    """Hook state shared by all watched layers of all nets."""
+
+    def __init__(self, layers: dict[str, list[Layer]], wanted: Iterable[str], capture_inputs: bool) -> None:
+        self.layers = layers
+        want = set(wanted)
+        self.act_in = bool(want & {"act_in_mean", "act_in_var"})
+        self.act_out = bool(want & {"act_out_mean", "act_out_var"})
+        self.grad_out = bool(want & {"grad_out_norm", "grad_out_var"})
+        self.grad_in = bool(want & {"grad_in_norm", "grad_in_var"})
+        self.grad_w_eff = "grad_w_eff_norm" in want
+        self.input_sizes = "sigma_op" in want
+        self.capture_inputs = capture_inputs
+        self.armed = False
+        self.suspended = False
+        self.buffer = StepBuffer()
+        self.weff_grads: dict[int, Tensor] = {}
+        self.active: set[str] = set()
+        self.inputs: dict[str, Tensor] = {}
+        self.per_sample_output: dict[str, bool] = {}
+        # Layer order is the order of first execution, captured on a net's first forward pass.
+        self.order_known: set[str] = set()
+        self._seen: dict[str, list[Layer]] = {}
+        self.on_order: Callable[[str], None] | None = None
+        self.handles: list[RemovableHandle] = []
+
+    # --- registration ---------------------------------------------------------------------------
+    def attach(self, models: dict[str, nn.Module]) -> None:
+        """Register every hook."""
+        for net, model in models.items():
+            self.handles.append(model.register_forward_pre_hook(partial(self._root_pre, net)))
+            self.handles.append(model.register_forward_hook(partial(self._root_post, net)))
+            for layer in self.layers[net]:
+                self.handles.append(layer.module.register_forward_pre_hook(partial(self._layer_pre, layer)))
+                self.handles.append(layer.module.register_forward_hook(partial(self._layer_post, layer)))
+                plist = layer.parametrizations
+                if plist is not None:
+                    self.handles.append(plist.register_forward_hook(partial(self._effective_weight, layer)))
+
+    def detach(self) -> None:
+        """Remove every hook."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def reset_step(self) -> None:
+        """Forget everything collected since the last step."""
+        self.buffer = StepBuffer()
+        self.weff_grads = {}
+        self.active = set()
+        self.inputs = {}
+
+    def _recording(self) -> bool:
+        return self.armed and not self.suspended and torch.is_grad_enabled()
+
+    # --- net level ---------------------------------------------------------------------------------
+    def _root_pre(self, net: str, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self.suspended:
+            return
+        if net not in self.order_known:
+            self._seen[net] = []
+        if not torch.is_grad_enabled():
+            return
+        self.active.add(net)
+        if self.capture_inputs and net not in self.inputs and args and isinstance(args[0], Tensor):
+            self.inputs[net] = args[0].detach()
+
+    def _root_post(self, net: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if self.suspended:
+            return
+        if net not in self.per_sample_output and isinstance(output, Tensor) and output.ndim >= 1:
+            self.per_sample_output[net] = output.numel() == output.shape[0]
+        if net not in self.order_known and self._seen.get(net):
+            seen = self._seen.pop(net)
+            rest = [layer for layer in self.layers[net] if layer not in seen]
+            for order, layer in enumerate(seen + rest):
+                layer.order = order
+            self.order_known.add(net)
+            if self.on_order is not None:
+                self.on_order(net)
+
+    # --- layer level -------------------------------------------------------------------------------
+    def _layer_pre(self, layer: Layer, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if not (self.grad_in and self._recording()) or not args or not isinstance(args[0], Tensor):
+            return None
+        x = args[0]
+        if not x.requires_grad:
+            return None
+        # A fresh view gets exactly this layer's share of dL/dx even when x also feeds other layers.
+        x = x.view_as(x)
+        x.register_hook(partial(self._gradient, layer.uid, "grad_in"))
+        return (x, *args[1:])
+
+    def _layer_post(self, layer: Layer, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        x = args[0] if args else None
+        if not isinstance(x, Tensor) or not isinstance(output, Tensor) or self.suspended:
+            return
+        seen = self._seen.get(layer.net)
+        if seen is not None and layer not in seen:
+            seen.append(layer)
+        if self.input_sizes:
+            layer.input_size = tuple(x.shape[2:]) if x.ndim > 2 else tuple(x.shape[-1:])
+        if not self._recording():
+            return
+        if self.act_in:
+            self.buffer.add_sums(layer.uid, "act_in", x)
+        if self.act_out:
+            self.buffer.add_sums(layer.uid, "act_out", output)
+        if self.grad_out and output.requires_grad:
+            output.register_hook(partial(self._gradient, layer.uid, "grad_out"))
+
+    def _effective_weight(self, layer: Layer, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not isinstance(output, Tensor) or self.suspended:
+            return
+        if layer.foreign:
+            layer.last_effective = output.detach()
+        if self.grad_w_eff and self._recording() and output.requires_grad and not output.is_leaf:
+            output.register_hook(partial(self._effective_gradient, layer.uid))
+
+    # --- tensor hooks (run during backward) ------------------------------------------------------
+    def _gradient(self, uid: int, quantity: str, grad: Tensor) -> None:
+        if not self.suspended:
+            self.buffer.add_sums(uid, quantity, grad)
+
+    def _effective_gradient(self, uid: int, grad: Tensor) -> None:
+        if self.suspended:
+            return
+        # The weight is used once per forward call; its total gradient is the sum over calls.
+        previous = self.weff_grads.get(uid)
+        self.weff_grads[uid] = grad if previous is None else previous + grad

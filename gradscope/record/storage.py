@@ -1,0 +1,287 @@
+"""The run directory: every file written atomically, so a run killed at any moment stays readable.
+
+Layout::
+
+    RUN/
+      config.json        the run's configuration (written by the trainer)
+      provenance.json    gradscope / torch / CUDA versions, device, seed, git commit
+      status.json        {"state": running|done|diverged|failed|interrupted, "step": ...}
+      architecture.json  each net's recorded layers, in input-to-output order
+      layers/000001.csv  chunks of the long table (step, phase, net, layer, layer_index, stat, value)
+      scalars/000001.csv chunks of (step, name, value)
+      alerts.jsonl       one JSON object per alert
+
+Chunk and JSON files are written to a hidden temporary file in the same
+folder, flushed, fsynced and then renamed over their final name
+(``os.replace`` is atomic on POSIX and Windows), so a reader only ever sees
+complete files. ``alerts.jsonl`` is appended line by line; a reader skips a
+torn last line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gradscope._checks import check_choice
+
+STATES: tuple[str, ...] = ("running", "done", "diverged", "failed", "interrupted")
+CHUNK_PATTERN = re.compile(r"^(\d{6,})\.csv$")
+TABLES: tuple[str, ...] = ("layers", "scalars")
+RUN_FILES: tuple[str, ...] = ("config.json", "provenance.json", "status.json", "architecture.json", "alerts.jsonl")
+
+
+def atomic_write_text(path: Path, text: str, fsync: bool = True) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+        handle.flush()
+        if fsync:
+            os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any, fsync: bool = True) -> None:
+    """Atomically write ``data`` as indented, key-sorted JSON."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", fsync)
+
+
+def read_json(path: Path) -> Any:
+    """Parsed JSON of ``path`` or ``None`` if it does not exist."""
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def chunk_files(folder: Path) -> list[Path]:
+    """Complete chunk files of a table folder, in write order (temporary files are skipped)."""
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.iterdir() if CHUNK_PATTERN.match(p.name)]
+    return sorted(files, key=lambda p: int(CHUNK_PATTERN.match(p.name).group(1)))
+
+
+def frame_to_csv(frame: pd.DataFrame) -> str:
+    """CSV text of a table chunk; non-finite values are spelled ``nan`` / ``inf`` / ``-inf``."""
+    return frame.to_csv(index=False, na_rep="nan")
+
+
+def read_chunk(path: Path) -> pd.DataFrame:
+    """One table chunk. Only the ``value`` column may hold ``nan``: a layer named "NA" stays a string."""
+    return pd.read_csv(path, keep_default_na=False, na_values={"value": ["nan"]})
+
+
+def git_commit(where: Path | None = None) -> str | None:
+    """The commit checked out at ``where`` (default: gradscope's source), with ``-dirty``, or ``None``."""
+    where = where or Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
+def provenance(seed: int | None = None, device: str | None = None, extra: Mapping[str, Any] | None = None,
+               ) -> dict[str, Any]:
+    """What produced a run: versions, device, seed, git commit, command line.
+
+    Examples
+    --------
+    >>> sorted(provenance(seed=1))[:3]
+    ['argv', 'cuda', 'cudnn']
+    """
+    import torch
+
+    from gradscope import __version__
+
+    info: dict[str, Any] = {
+        "gradscope": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "python": sys.version.split()[0], "platform": platform.platform(), "device": device,
+        "device_name": None, "seed": seed, "git_commit": git_commit(), "argv": list(sys.argv),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
+        info["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    info.update(dict(extra or {}))
+    return info
+
+
+class RunWriter:
+    """Writes one run directory; shared by the recorder and the trainer.
+
+    Parameters
+    ----------
+    path : str or Path
+        The run directory (created if missing).
+    resume : bool
+        Continue a run already in ``path``: new chunks are numbered after the
+        existing ones. Call :meth:`truncate_after` with the checkpoint's step
+        to drop what was recorded after it.
+    overwrite : bool
+        Delete gradscope's files of a run already in ``path`` (nothing else).
+    fsync : bool
+        fsync every file before renaming it (survives power loss, not just SIGKILL).
+
+    Raises
+    ------
+    ValueError
+        If ``path`` cannot be created or written, or already holds a run and
+        neither ``resume`` nor ``overwrite`` is set.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> w = RunWriter(tempfile.mkdtemp())
+    >>> w.write_config({"norm": "sn"}); w.set_status("running", step=0)
+    >>> w.append_scalars(pd.DataFrame({"step": [0], "name": ["loss_d"], "value": [1.5]})); w.flush()
+    """
+
+    def __init__(self, path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
+                 fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        if resume and overwrite:
+            raise ValueError("choose one of resume and overwrite, not both")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-probe-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise ValueError(f"run directory {str(self.path)!r} is not writable: {exc.strerror or exc}") from None
+        if self.holds_run() and not resume:
+            if not overwrite:
+                raise ValueError(f"{str(self.path)!r} already holds a gradscope run; "
+                                 "resume it, choose a new directory or overwrite it")
+            self._remove_run_files()
+        for table in TABLES:
+            (self.path / table).mkdir(exist_ok=True)
+        self._next_chunk = {t: 1 + max((int(CHUNK_PATTERN.match(p.name).group(1))
+                                        for p in chunk_files(self.path / t)), default=0) for t in TABLES}
+        self._pending: dict[str, list[pd.DataFrame]] = {t: [] for t in TABLES}
+        self._pending_alerts: list[dict[str, Any]] = []
+
+    def holds_run(self) -> bool:
+        """Whether the directory already contains a gradscope run."""
+        return any((self.path / name).exists() for name in RUN_FILES) or any(
+            chunk_files(self.path / table) for table in TABLES)
+
+    def _remove_run_files(self) -> None:
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        for folder in (*TABLES, "tensorboard"):
+            shutil.rmtree(self.path / folder, ignore_errors=True)
+
+    # --- small JSON files -------------------------------------------------------------------
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        """Store the run's configuration (``config.json``)."""
+        write_json(self.path / "config.json", dict(config), self.fsync)
+
+    def write_provenance(self, seed: int | None = None, device: str | None = None,
+                         extra: Mapping[str, Any] | None = None) -> None:
+        """Store versions, device, seed and git commit (``provenance.json``)."""
+        write_json(self.path / "provenance.json", provenance(seed, device, extra), self.fsync)
+
+    def write_architecture(self, architecture: Mapping[str, Any]) -> None:
+        """Store the recorded layers of each net (``architecture.json``)."""
+        write_json(self.path / "architecture.json", dict(architecture), self.fsync)
+
+    def set_status(self, state: str, step: int | None = None, **info: Any) -> None:
+        """Record the run's state (one of :data:`STATES`) and last step, atomically."""
+        check_choice("run state", state, STATES)
+        write_json(self.path / "status.json",
+                   {"state": state, "step": step, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info},
+                   self.fsync)
+
+    def status(self) -> dict[str, Any] | None:
+        """The stored status or ``None``."""
+        return read_json(self.path / "status.json")
+
+    # --- tables -------------------------------------------------------------------------------
+    def append_layers(self, frame: pd.DataFrame) -> None:
+        """Queue layer rows for the next :meth:`flush`."""
+        if len(frame):
+            self._pending["layers"].append(frame)
+
+    def append_scalars(self, frame: pd.DataFrame) -> None:
+        """Queue scalar rows ``(step, name, value)`` for the next :meth:`flush`."""
+        if len(frame):
+            self._pending["scalars"].append(frame)
+
+    def append_alerts(self, alerts: Iterable[Mapping[str, Any]]) -> None:
+        """Queue alert records for the next :meth:`flush`."""
+        self._pending_alerts.extend(dict(a) for a in alerts)
+
+    def flush(self) -> None:
+        """Write queued rows as new chunk files and append queued alerts."""
+        for table in TABLES:
+            frames = self._pending[table]
+            if not frames:
+                continue
+            frame = pd.concat(frames, ignore_index=True)
+            name = f"{self._next_chunk[table]:06d}.csv"
+            atomic_write_text(self.path / table / name, frame_to_csv(frame), self.fsync)
+            self._next_chunk[table] += 1
+            self._pending[table] = []
+        if self._pending_alerts:
+            lines = "".join(json.dumps(a, sort_keys=True, default=str) + "\n" for a in self._pending_alerts)
+            with open(self.path / "alerts.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(lines)
+                handle.flush()
+                if self.fsync:
+                    os.fsync(handle.fileno())
+            self._pending_alerts = []
+
+    def truncate_after(self, step: int | None) -> None:
+        """Drop every row and alert with ``step > step`` (everything for ``None``), rewriting files atomically.
+
+        A resumed run calls this with its checkpoint's step so that its tables
+        equal those of an uninterrupted run.
+        """
+        limit = -1 if step is None else int(step)
+        for table in TABLES:
+            self._pending[table] = [f[f["step"] <= limit] for f in self._pending[table]]
+            for path in chunk_files(self.path / table):
+                frame = read_chunk(path)
+                keep = frame[frame["step"] <= limit]
+                if len(keep) == len(frame):
+                    continue
+                if len(keep):
+                    atomic_write_text(path, frame_to_csv(keep), self.fsync)
+                else:
+                    path.unlink()
+        self._pending_alerts = [a for a in self._pending_alerts if a.get("step", -1) <= limit]
+        alerts = self.path / "alerts.jsonl"
+        if alerts.exists():
+            kept = [line for line in read_jsonl(alerts) if line.get("step", -1) <= limit]
+            atomic_write_text(alerts, "".join(json.dumps(a, sort_keys=True, default=str) + "\n" for a in kept),
+                              self.fsync)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Objects of a JSON-lines file, skipping a torn or corrupt line."""
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(item, dict):
+            records.append(item)
+    return records
