@@ -157,6 +157,24 @@ def legend(ax: Axes, **kwargs) -> None:
         ax.legend(frameon=False, fontsize=_RC["legend.fontsize"], **kwargs)
 
 
+def figure_legend(fig: Figure, ax: Axes, ncol: int | None = None) -> None:
+    """One legend for the whole figure, below the panels, from ``ax``'s labelled artists.
+
+    Used by grids of small panels where a legend inside a panel would hide data.
+    """
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=ncol or min(len(labels), 4),
+                   frameon=False, fontsize=_RC["legend.fontsize"])
+
+
+def integer_ticks(ax: Axes, axis: str = "x") -> None:
+    """Only integer ticks on ``axis`` (layer indices, counts)."""
+    from matplotlib.ticker import MaxNLocator
+
+    (ax.xaxis if axis == "x" else ax.yaxis).set_major_locator(MaxNLocator(integer=True))
+
+
 def save_figure(fig: Figure, stem: str | Path, *, formats: Sequence[str] = FORMATS,
                 max_bytes: int = MAX_FIGURE_BYTES, close: bool = True) -> list[Path]:
     """Write ``fig`` as ``stem.png`` and ``stem.pdf``; return the paths.
