@@ -1,0 +1,26 @@
+"""Exact spectral norms: of weight reshapes (dense SVD) and of convolution operators (FFT / power iteration).
+
+The building blocks (the operator's apply/adjoint pair, in-place power steps)
+are shared with the strict spectral normalization in :mod:`gradscope.norms`.
+"""
+from __future__ import annotations
+
+from gradscope.linalg.conv import (
+    PADDING_MODES,
+    ConvGeometry,
+    conv_adjoint,
+    conv_apply,
+    conv_geometry,
+    conv_geometry_of,
+    conv_operator_matrix,
+)
+from gradscope.linalg.operator_norm import METHODS, circular_singular_values, conv_operator_norm, default_tol
+from gradscope.linalg.power import TopSingular, lanczos, normalize_into_, power_iteration, power_step_
+from gradscope.linalg.reshape import forward_dim, reshape_norms, reshape_weight, rmt_spectral_norm
+
+__all__ = [
+    "METHODS", "PADDING_MODES", "ConvGeometry", "TopSingular", "circular_singular_values",
+    "conv_adjoint", "conv_apply", "conv_geometry", "conv_geometry_of", "conv_operator_matrix",
+    "conv_operator_norm", "default_tol", "forward_dim", "lanczos", "normalize_into_", "power_iteration", "power_step_",
+    "reshape_norms", "reshape_weight", "rmt_spectral_norm",
+]
