@@ -230,6 +230,7 @@ def test_cache_directory_comes_from_the_environment(digits_cache, tmp_path, monk
     shutil.copytree(digits_cache / "metrics", tmp_path / "metrics")
     monkeypatch.setenv("GRADSCOPE_CACHE", str(tmp_path))
     assert load_digits_extractor().loaded_from_cache
+    assert SampleQuality("digits").extractor.loaded_from_cache  # a name resolves through the same cache
 
 
 def test_corrupt_cache_entry_is_retrained(tmp_path, monkeypatch):
@@ -458,14 +459,12 @@ def test_inception_extractor_runs_the_library_network(random_inception_weights):
 def test_evaluate_generator_through_inception_end_to_end(random_inception_weights, digits_cache, caplog,
                                                           fresh_extractors):
     dataset = load_dataset("digits", image_size=16)
-    dataset.data = dataset.data[:4]  # a 4-image 'dataset' keeps Inception on CPU quick
+    dataset.data = dataset.data[:3]  # a 3-image 'dataset' keeps Inception on CPU quick
     with caplog.at_level(logging.WARNING, logger="gradscope.metrics"):
-        scores = evaluate_generator(_Replay(dataset.data), dataset, n_samples=10, extractor="inception",
+        scores = evaluate_generator(_Replay(dataset.data), dataset, n_samples=4, extractor="inception",
                                     inception_weights=random_inception_weights, cache_dir=digits_cache,
-                                    kid_subsets=5, kid_subset_size=10)
+                                    metrics=("kid",), kid_subsets=5)  # FID at d=2048 costs seconds of eigh
     assert not caplog.records
-    assert set(scores) == {"inception_fid", "inception_is_mean", "inception_is_std", "inception_kid_mean",
-                           "inception_kid_std"}
+    assert set(scores) == {"inception_kid_mean", "inception_kid_std"}
     assert all(math.isfinite(v) for v in scores.values())
-    assert 1.0 <= scores["inception_is_mean"] <= 1008.0
-    assert list((digits_cache / "reference").glob("digits-16px-inception-v3-torch-fidelity-*-n4.pt"))
+    assert list((digits_cache / "reference").glob("digits-16px-inception-v3-torch-fidelity-*-n3.pt"))

@@ -62,7 +62,7 @@ def gaussian_statistics(features: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _psd_eigenvalues(eigenvalues: np.ndarray) -> np.ndarray:
     """Zero the eigenvalues that round-off cannot tell from 0 (negative or below d * eps * max)."""
-    tolerance = eigenvalues.shape[0] * np.finfo(np.float64).eps * max(float(np.abs(eigenvalues).max()), 0.0)
+    tolerance = eigenvalues.shape[0] * np.finfo(np.float64).eps * float(np.abs(eigenvalues).max(initial=0.0))
     return np.where(eigenvalues > tolerance, eigenvalues, 0.0)
 
 
@@ -82,8 +82,8 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
     whose non-symmetric square root goes complex or fails on singular
     covariances (hence the "add eps to the diagonal" fallback of common FID
     code). ``S1 S2`` has the same eigenvalues as the symmetric PSD matrix
-    ``M = S1^(1/2) S2 S1^(1/2)`` (``AB`` and ``BA`` share their spectrum with
-    ``A = S1^(1/2)``), so the trace is ``sum(sqrt(eigvalsh(M)))``: two
+    ``M = S1^(1/2) S2 S1^(1/2)`` (``AB`` and ``BA`` share their spectrum; take
+    ``A = S1^(1/2)``, ``B = S1^(1/2) S2``), so the trace is ``sum(sqrt(eigvalsh(M)))``: two
     symmetric eigendecompositions in float64, real by construction, exact
     for singular covariances (fewer samples than dimensions), no offset.
     Eigenvalues that round-off cannot tell from 0 (negative, or below
@@ -243,7 +243,8 @@ def kernel_inception_distance(
     --------
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
-    >>> mean, std = kernel_inception_distance(rng.normal(size=(200, 8)), rng.normal(3, 1, size=(200, 8)), subsets=5)
+    >>> x, y = rng.normal(size=(200, 8)), rng.normal(3, 1, size=(200, 8))
+    >>> mean, std = kernel_inception_distance(x, y, subsets=5, subset_size=100)
     >>> mean > 10 * std
     True
     """

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from gradscope._checks import check_choice, check_int_at_least
-from gradscope.metrics.extractor import FeatureExtractor
+from gradscope.metrics.extractor import FeatureExtractor, get_extractor
 from gradscope.metrics.formulas import (
     frechet_distance,
     gaussian_statistics,
@@ -33,8 +33,9 @@ class SampleQuality:
 
     Parameters
     ----------
-    extractor : FeatureExtractor
-        Produces ``(pool_features, logits)``; see :mod:`gradscope.metrics.extractor`.
+    extractor : FeatureExtractor or {"auto", "digits", "inception"}
+        Produces ``(pool_features, logits)``; a name is resolved on the CPU by
+        :func:`gradscope.metrics.extractor.get_extractor`.
     metrics : iterable of {"fid", "is", "kid"}
         Which metrics to compute.
     is_splits : int
@@ -46,7 +47,7 @@ class SampleQuality:
 
     Examples
     --------
-    >>> quality = SampleQuality(get_extractor("digits"), metrics=("fid", "is"))  # doctest: +SKIP
+    >>> quality = SampleQuality("digits", metrics=("fid", "is"))  # doctest: +SKIP
     >>> quality.update(real_images, real=True); quality.update(fake_images, real=False)  # doctest: +SKIP
     >>> quality.compute()  # doctest: +SKIP
     {'digits_fid': 12.3, 'digits_is_mean': 8.1, 'digits_is_std': 0.2}
@@ -54,7 +55,7 @@ class SampleQuality:
 
     def __init__(
         self,
-        extractor: FeatureExtractor,
+        extractor: FeatureExtractor | str,
         metrics: Iterable[str] = METRICS,
         *,
         is_splits: int = 10,
@@ -62,6 +63,8 @@ class SampleQuality:
         kid_subset_size: int = 1000,
         seed: int = 0,
     ) -> None:
+        if isinstance(extractor, str):
+            extractor = get_extractor(extractor)
         if not isinstance(extractor, FeatureExtractor):
             raise ValueError("extractor must provide name, family, device and features(images) -> (pool, logits)")
         self.metrics = tuple(dict.fromkeys(check_choice("metric", m, METRICS) for m in metrics))
