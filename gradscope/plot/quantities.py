@@ -125,10 +125,18 @@ def variance_ratios(layers: pd.DataFrame) -> pd.DataFrame:
         next_in = g["act_in_var"].shift(-1)
         next_grad = g["grad_in_var"].shift(-1)
         last = g.index == len(g) - 1
-        forward = np.where(last, g["act_out_var"], next_in) / g["act_in_var"]
-        backward = g["grad_in_var"] / np.where(last, g["grad_out_var"], next_grad)
+        forward = _ratio(np.where(last, g["act_out_var"], next_in), g["act_in_var"])
+        backward = _ratio(g["grad_in_var"], np.where(last, g["grad_out_var"], next_grad))
         for direction, ratio in (("forward", forward), ("backward", backward)):
             frames.append(pd.DataFrame({"step": step, "layer_index": g["layer_index"], "layer": g["layer"],
                                         "direction": direction, "ratio": np.asarray(ratio, dtype=float)}))
     out = pd.concat(frames, ignore_index=True)
     return out[list(RATIO_COLUMNS)]
+
+
+def _ratio(numerator, denominator) -> np.ndarray:
+    # a variance of 0 means "not observed" (e.g. no gradient w.r.t. a non-leaf input): no ratio
+    num = np.asarray(numerator, dtype=float)
+    den = np.asarray(denominator, dtype=float)
+    ok = (num > 0) & (den > 0) & np.isfinite(num) & np.isfinite(den)
+    return np.divide(num, den, out=np.full(num.shape, np.nan), where=ok)
