@@ -1,0 +1,143 @@
+"""The stability study: one row per run of a sweep, and the figures that compare methods.
+
+Collapse rule (documented, used by the table and the figures): a run *collapsed* when
+it diverged (a non-finite loss stopped it), or its final sample quality is far below
+its own best: final FID > ``FID_COLLAPSE_FACTOR`` x best FID on image data, or final
+modes covered < ``MODES_COLLAPSE_FRACTION`` x its best on the 2D sets. Runs that
+failed (an error, not training dynamics) or have not finished are listed but neither
+collapsed nor counted in the fractions.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gradscope.plot import style
+from gradscope.record import load_run
+from gradscope.sweep.manifest import Manifest
+from gradscope.sweep.runner import run_dir_of
+
+FID_COLLAPSE_FACTOR = 1.5
+MODES_COLLAPSE_FRACTION = 0.5
+#: Scalar names of the sample-quality metrics, preferred first (Inception over the digits extractor).
+FID_NAMES = ("inception_fid", "digits_fid")
+IS_NAMES = ("inception_is_mean", "digits_is_mean")
+MODES_NAME = "modes_covered"
+
+
+def _series(scalars: pd.DataFrame, names: tuple[str, ...]) -> tuple[str | None, pd.Series]:
+    for name in names:
+        rows = scalars[scalars["name"] == name]
+        if len(rows):
+            return name, rows.sort_values("step").set_index("step")["value"]
+    return None, pd.Series(dtype=float)
+
+
+def run_row(run_id: str, run_dir: Path, entry) -> dict:
+    """One summary row: the run's varied parameters, status, quality numbers, alert count, collapse flag."""
+    row: dict = {"run": run_id, **entry.params, "status": entry.status, "attempts": entry.attempts}
+    run = load_run(run_dir) if (run_dir / "config.json").exists() else None
+    if run is not None:
+        row["method"] = run.config.get("norm")
+        row["scale"] = run.config.get("scale")
+        row["alerts"] = len(run.alerts)
+        for label, names, best in (("fid", FID_NAMES, min), ("is", IS_NAMES, max), ("modes", (MODES_NAME,), max)):
+            name, series = _series(run.scalars, names)
+            if name is not None:
+                row[f"{label}_metric"] = name
+                row[f"final_{label}"] = float(series.iloc[-1])
+                row[f"best_{label}"] = float(best(series))
+    row["collapsed"] = collapsed(row)
+    return row
+
+
+def collapsed(row: dict) -> bool | float:
+    """The collapse rule of the module docstring; NaN for runs that failed or did not finish."""
+    if row["status"] == "diverged":
+        return True
+    if row["status"] != "done":
+        return math.nan
+    if "final_fid" in row:
+        return bool(row["final_fid"] > FID_COLLAPSE_FACTOR * row["best_fid"])
+    if "final_modes" in row:
+        return bool(row["final_modes"] < MODES_COLLAPSE_FRACTION * row["best_modes"])
+    return False
+
+
+def summary_table(directory: str | Path) -> pd.DataFrame:
+    """One row per run of the sweep in ``directory`` (see :func:`run_row`)."""
+    directory = Path(directory)
+    manifest = Manifest.load(directory)
+    if manifest is None:
+        raise FileNotFoundError(f"{directory} has no manifest.json: it is not a gradscope sweep directory")
+    rows = [run_row(run_id, run_dir_of(directory, run_id), entry) for run_id, entry in manifest.runs.items()]
+    return pd.DataFrame(rows)
+
+
+def _quality_column(table: pd.DataFrame) -> tuple[str | None, str]:
+    if "final_fid" in table and table["final_fid"].notna().any():
+        return "final_fid", f"final FID ({table['fid_metric'].dropna().iloc[0].replace('_', ' ')}, lower is better)"
+    if "final_modes" in table and table["final_modes"].notna().any():
+        return "final_modes", "final modes covered (higher is better)"
+    return None, ""
+
+
+def stability_figures(table: pd.DataFrame, output: Path) -> list[Path]:
+    """Quality vs scale c per method, collapse fraction per method, final quality per method (box plots)."""
+    paths: list[Path] = []
+    finished = table[table["status"].isin(["done", "diverged"])]
+    if finished.empty or "method" not in finished:
+        return paths
+    methods = sorted(finished["method"].dropna().unique())
+    column, label = _quality_column(finished)
+
+    fig, axes = style.new_figure(1, 1, title="Fraction of collapsed runs per method")
+    ax = axes[0, 0]
+    fractions = [finished[finished["method"] == m]["collapsed"].astype(float).mean() for m in methods]
+    counts = [int((finished["method"] == m).sum()) for m in methods]
+    ax.bar(range(len(methods)), fractions, color=[style.color(i) for i in range(len(methods))])
+    ax.set_xticks(range(len(methods)), [f"{m}\n(n={n})" for m, n in zip(methods, counts)])
+    ax.set_ylim(0, 1)
+    style.label_axes(ax, "normalization", "collapsed runs (fraction)")
+    paths += style.save_figure(fig, output / "collapse_fraction")
+
+    if column is None:
+        return paths
+    fig, axes = style.new_figure(1, 1, title="Final sample quality per method, whole grid")
+    ax = axes[0, 0]
+    data = [finished[finished["method"] == m][column].dropna().to_numpy() for m in methods]
+    ax.boxplot(data, showmeans=True)
+    ax.set_xticks(range(1, len(methods) + 1), methods)
+    style.label_axes(ax, "normalization", label)
+    paths += style.save_figure(fig, output / "final_quality_box")
+
+    if finished["scale"].nunique() > 1:
+        fig, axes = style.new_figure(1, 1, title="Sample quality vs scale c (mean and std over seeds)")
+        ax = axes[0, 0]
+        for i, method in enumerate(methods):
+            stats = (finished[finished["method"] == method].groupby("scale")[column]
+                     .agg(["mean", "std"]).reset_index().sort_values("scale"))
+            ax.errorbar(stats["scale"], stats["mean"], yerr=np.nan_to_num(stats["std"].to_numpy()),
+                        label=method, capsize=3, marker="o", **style.series_style(i))
+        style.label_axes(ax, "scale c (multiplier of every normalized D layer)", label)
+        style.legend(ax)
+        paths += style.save_figure(fig, output / "quality_vs_scale")
+    return paths
+
+
+def summarize(directory: str | Path, output: str | Path | None = None) -> tuple[pd.DataFrame, list[Path]]:
+    """Write ``summary.csv`` and the stability figures for the sweep in ``directory``.
+
+    Examples
+    --------
+    >>> table, figures = summarize("sweeps/demo")  # doctest: +SKIP
+    >>> table[["run", "status", "final_fid", "collapsed"]]  # doctest: +SKIP
+    """
+    table = summary_table(directory)
+    output = Path(output) if output is not None else Path(directory)
+    output.mkdir(parents=True, exist_ok=True)
+    table.to_csv(output / "summary.csv", index=False)
+    return table, stability_figures(table, output)

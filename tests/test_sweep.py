@@ -1,0 +1,155 @@
+"""Sweeps: spec validation, the local and Ray executors, resume after SIGKILL, retries, the summary."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gradscope.cli import main
+from gradscope.record import load_run
+from gradscope.sweep import Manifest, PRESETS, parse_spec, run_sweep, summarize
+
+TINY = {"dataset": "ring8", "batch-size": 16, "eval-every": 0, "sample-every": 0, "record-every": 5}
+
+
+def _spec(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"grid": {"norm": ["bogus"]}}, "unknown norm 'bogus'"),
+    ({"grid": {"nrm": ["sn"]}}, "unknown flag 'nrm'"),
+    ({"grid": {"norm": []}}, "grid key 'norm' must be a non-empty list"),
+    ({"base": {"out": "x"}}, "key 'out' is set by the sweep"),
+    ({"bases": {}}, "unknown key 'bases'"),
+    ({"grid": {"scale": [1.0, -2.0]}}, "scale must be a finite number > 0"),
+    ({"preset": "Z"}, "unknown sweep preset 'Z'"),
+])
+def test_bad_spec_fails_before_anything_starts_naming_the_key(data, fragment, tmp_path):
+    with pytest.raises(ValueError, match=fragment):
+        parse_spec(data)
+    assert not any(tmp_path.iterdir())
+
+
+def test_grid_is_the_cartesian_product_and_presets_are_the_authors_grids():
+    spec = parse_spec({"base": {"iterations": 10}, "grid": {"norm": ["sn", "bssn"], "scale": [0.8, 1.2],
+                                                            "seed": [0, 1, 2]}})
+    assert len(spec.points) == 12
+    assert len({p.run_id for p in spec.points}) == 12
+    point = spec.points[0]
+    assert point.argv(Path("o"))[:3] == ["run", "--iterations", "10"]
+    # Setting A on CIFAR-10: {ssn, bssn} x 19 scales (0.7 .. 4.0) x 5 seeds.
+    a = parse_spec({"preset": "A-cifar10"})
+    assert len(a.points) == 2 * 19 * 5
+    assert sorted({p.params["scale"] for p in a.points})[-1] == 4.0
+    assert len(parse_spec({"preset": "B-stl10"}).points) == 2 * 4 * 5
+    assert set(PRESETS) >= {"A-cifar10", "B-celeba", "C-stl10"}
+
+
+def test_sweep_cli_bad_spec_exits_2_with_one_line(tmp_path):
+    spec = _spec(tmp_path, '[grid]\nnorm = ["sn", "nope"]\n')
+    proc = subprocess.run([sys.executable, "-m", "gradscope", "sweep", str(spec), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "unknown norm 'nope'" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_local_sweep_runs_every_point_skips_done_runs_and_summarizes(tmp_path):
+    spec = parse_spec({"base": {**TINY, "iterations": 6, "eval-every": 3}, "grid": {"norm": ["sn", "bssn"]}})
+    out = tmp_path / "sweep"
+    manifest = run_sweep(spec, out, max_parallel=2, echo=lambda *_: None)
+    assert manifest.counts()["done"] == 2
+    for point in spec.points:
+        run = load_run(out / "runs" / point.run_id)
+        assert run.status["state"] == "done"
+        assert run.config["norm"] == point.params["norm"]
+    again = run_sweep(spec, out, echo=lambda *_: None)
+    assert [e.attempts for e in again.runs.values()] == [1, 1]  # nothing re-ran
+
+    table, figures = summarize(out)
+    assert set(table["method"]) == {"sn", "bssn"}
+    assert (table["collapsed"] == False).all()  # noqa: E712 - a bool column
+    assert pd.read_csv(out / "summary.csv").shape[0] == 2
+    assert {p.name for p in figures} >= {"collapse_fraction.png", "final_quality_box.pdf"}
+    assert all(p.stat().st_size > 1000 for p in figures)
+
+
+def test_a_different_spec_in_the_same_directory_is_refused(tmp_path):
+    out = tmp_path / "sweep"
+    Manifest("other", "0000", {}).save(out)
+    spec = parse_spec({"base": {**TINY, "iterations": 2}, "grid": {"seed": [0]}})
+    with pytest.raises(ValueError, match="holds a different sweep"):
+        run_sweep(spec, out)
+
+
+def test_failed_runs_are_retried_up_to_the_limit_and_reported(tmp_path):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    spec = parse_spec({"max_retries": 1, "base": {"dataset": "cifar10", "data-dir": str(empty), "iterations": 2},
+                       "grid": {"seed": [0]}})
+    manifest = run_sweep(spec, tmp_path / "sweep", echo=lambda *_: None)
+    (entry,) = manifest.runs.values()
+    assert entry.status == "failed" and entry.attempts == 2
+    assert "cifar" in entry.error.lower() and entry.exit_code == 2
+
+
+def test_sigkilled_sweep_resumes_from_checkpoints_and_never_claims_unfinished_runs(tmp_path):
+    spec_path = _spec(tmp_path, "[base]\n" + "".join(f'{k} = {json.dumps(v)}\n' for k, v in TINY.items())
+                      + "iterations = 80\ncheckpoint-every = 5\n[grid]\nnorm = [\"sn\"]\n")
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "gradscope", "sweep", str(spec_path), "--out", str(out)]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = out / "runs" / "norm=sn" / "checkpoints"
+    deadline = time.monotonic() + 240
+    while not (ckpts.is_dir() and any(ckpts.glob("*.pt"))):
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        assert driver.poll() is None, "the sweep ended before it could be killed"
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    # The orphaned run is told to stop by PR_SET_PDEATHSIG; wait until it has written its status.
+    status_file = out / "runs" / "norm=sn" / "status.json"
+    deadline = time.monotonic() + 120
+    while json.loads(status_file.read_text()).get("state") == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    entry = Manifest.load(out).runs["norm=sn"]
+    assert entry.status == "running"  # not "done": the manifest never claims an unfinished run
+    assert json.loads(status_file.read_text())["state"] != "done"
+
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    entry = Manifest.load(out).runs["norm=sn"]
+    assert entry.status == "done" and entry.attempts == 2
+    scalars = load_run(out / "runs" / "norm=sn").scalars
+    losses = scalars[scalars["name"] == scalars["name"].iloc[0]]
+    assert losses["step"].is_unique  # the resumed part did not duplicate steps
+
+
+def test_ray_executor_runs_a_tiny_grid_on_a_local_instance(tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'gradscope[ray]')")
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    spec = parse_spec({"base": {**TINY, "iterations": 4}, "grid": {"seed": [0, 1]}})
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        manifest = run_sweep(spec, tmp_path / "sweep", executor="ray", echo=lambda *_: None)
+    finally:
+        ray.shutdown()
+    assert manifest.counts()["done"] == 2
+
+
+def test_dry_run_prints_the_grid_and_an_estimate(tmp_path, capsys):
+    spec = _spec(tmp_path, '[base]\niterations = 10\n[grid]\nnorm = ["sn", "bsn"]\nseed = [0, 1]\n')
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "norm=bsn_seed=1" in out and "4 runs, 40 training iterations" in out
+    assert not (tmp_path / "o" / "runs").exists()
