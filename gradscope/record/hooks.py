@@ -38,6 +38,7 @@ class Observer:
         self.suspended = False
         self.buffer = StepBuffer()
         self.weff_grads: dict[int, Tensor] = {}
+        self.grad_seen: set[int] = set()
         self.active: set[str] = set()
         self.inputs: dict[str, Tensor] = {}
         self.per_sample_output: dict[str, bool] = {}
@@ -56,6 +57,9 @@ class Observer:
             for layer in self.layers[net]:
                 self.handles.append(layer.module.register_forward_pre_hook(partial(self._layer_pre, layer)))
                 self.handles.append(layer.module.register_forward_hook(partial(self._layer_post, layer)))
+                if layer.raw.is_leaf:
+                    self.handles.append(layer.raw.register_post_accumulate_grad_hook(
+                        partial(self._accumulated, layer.uid)))
                 plist = layer.parametrizations
                 if plist is not None:
                     self.handles.append(plist.register_forward_hook(partial(self._effective_weight, layer)))
@@ -70,6 +74,7 @@ class Observer:
         """Forget everything collected since the last step."""
         self.buffer = StepBuffer()
         self.weff_grads = {}
+        self.grad_seen = set()
         self.active = set()
         self.inputs = {}
 
@@ -144,6 +149,12 @@ class Observer:
     def _gradient(self, uid: int, quantity: str, grad: Tensor) -> None:
         if not self.suspended:
             self.buffer.add_sums(uid, quantity, grad)
+
+    def _accumulated(self, uid: int, param: Tensor) -> None:
+        # Only a weight that received a gradient in this step has a .grad worth recording
+        # (a frozen or untouched weight may still hold the previous step's).
+        if not self.suspended:
+            self.grad_seen.add(uid)
 
     def _effective_gradient(self, uid: int, grad: Tensor) -> None:
         if self.suspended:

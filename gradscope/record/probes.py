@@ -27,7 +27,8 @@ def preserved_state(net: nn.Module, device: torch.device) -> Iterator[None]:
                 buffer.copy_(copy)
 
 
-def input_gradient_norms(net: nn.Module, x: Tensor, output: Tensor | None = None) -> Tensor:
+def input_gradient_norms(net: nn.Module, x: Tensor | Sequence[Tensor],
+                         output: Tensor | Sequence[Tensor] | None = None) -> Tensor | list[Tensor]:
     """Per-sample ``||d net(x)_i / d x_i||_2`` (the reference's "slopes"), detached, without a host sync.
 
     With ``output`` (``net(x)`` computed by the caller from an ``x`` that
@@ -37,6 +38,10 @@ def input_gradient_norms(net: nn.Module, x: Tensor, output: Tensor | None = None
     Each sample's output is summed over its entries; samples must not interact
     (no batch norm in ``net``).
 
+    ``x`` and ``output`` may be sequences (e.g. the real and the fake batch
+    of one concatenated forward pass): all are then handled by a single
+    backward pass, and a list of norm vectors is returned.
+
     Examples
     --------
     >>> net = nn.Linear(3, 1, bias=False)
@@ -44,15 +49,21 @@ def input_gradient_norms(net: nn.Module, x: Tensor, output: Tensor | None = None
     >>> input_gradient_norms(net, torch.randn(2, 3))
     tensor([5., 5.])
     """
+    single = isinstance(x, Tensor)
+    xs = [x] if single else list(x)
     if output is None:
-        with preserved_state(net, x.device), torch.enable_grad():
-            leaf = x.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(net(leaf).sum(), leaf)
+        with preserved_state(net, xs[0].device), torch.enable_grad():
+            leaves = [t.detach().requires_grad_(True) for t in xs]
+            grads = torch.autograd.grad([net(leaf).sum() for leaf in leaves], leaves)
     else:
-        if not x.requires_grad:
+        outputs = [output] if isinstance(output, Tensor) else list(output)
+        if len(outputs) != len(xs):
+            raise ValueError(f"got {len(xs)} inputs but {len(outputs)} outputs")
+        if not all(t.requires_grad for t in xs):
             raise ValueError("x must require grad when output is given (or pass output=None)")
-        (grad,) = torch.autograd.grad(output.sum(), x, retain_graph=True)
-    return torch.linalg.vector_norm(grad.detach().flatten(1), dim=1)
+        grads = torch.autograd.grad([o.sum() for o in outputs], xs, retain_graph=True)
+    norms = [torch.linalg.vector_norm(g.detach().flatten(1), dim=1) for g in grads]
+    return norms[0] if single else norms
 
 
 def hessian_top_eigenvalues(net: nn.Module, x: Tensor, weights: Sequence[Tensor], iterations: int = 20,

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,7 @@ from gradscope.record.hooks import Observer
 from gradscope.record.layers import Layer, discover_layers, normalize_models
 from gradscope.record.probes import hessian_top_eigenvalues, input_gradient_norms
 from gradscope.record.reader import ALERT_COLUMNS, Run, load_run, tidy_table
-from gradscope.record.stats import CHEAP, EXACT, SLOPE_SCALARS, resolve_stats, stats_for
+from gradscope.record.stats import EXACT, SLOPE_SCALARS, resolve_stats, stats_for
 from gradscope.record.storage import RunWriter
 from gradscope.record.table import LAYER_COLUMNS, SCALAR_COLUMNS, step_rows
 from gradscope.record.tensorboard import INSTALL_HINT, TensorBoardSink, tensorboard_available
@@ -253,7 +253,7 @@ class Recorder:
         buffer = self.observer.buffer if cheap else StepBuffer()
         layers = [layer for net in nets for layer in self.layers[net]]
         if cheap:
-            add_weight_stats(buffer, layers, self._want, self.observer.weff_grads)
+            add_weight_stats(buffer, layers, self._want, self.observer.weff_grads, self.observer.grad_seen)
             for kind, values in self._slopes:
                 names = [template.format(kind=kind) for template in SLOPE_SCALARS]
                 self._pending_scalars.append((step, names, values))
@@ -272,14 +272,15 @@ class Recorder:
             if x is None or not chosen:
                 continue
             layers = [layer for layer in self.layers[net] if layer.raw.requires_grad]
-            with self._suspended():
+            with self.paused():
                 values = hessian_top_eigenvalues(self.models[net], x, [layer.raw for layer in layers],
                                                  self.hessian_iterations)
             for layer, value in zip(layers, values):
                 buffer.add(layer.uid, "hessian_top", value)
 
     @contextmanager
-    def _suspended(self) -> Iterator[None]:
+    def paused(self) -> Iterator[None]:
+        """Hide the passes run inside this block from the hooks (e.g. a gradient penalty's inner backward)."""
         previous = self.observer.suspended
         self.observer.suspended = True
         try:
@@ -287,29 +288,38 @@ class Recorder:
         finally:
             self.observer.suspended = previous
 
-    def record_input_gradients(self, net: str, x: Tensor, output: Tensor | None = None,
-                               kind: str = "real") -> Tensor | None:
+    def record_input_gradients(self, net: str, x: Tensor | Sequence[Tensor],
+                               output: Tensor | Sequence[Tensor] | None = None,
+                               kind: str | Sequence[str] = "real") -> Tensor | list[Tensor] | None:
         """Record per-sample ``||d net(x)_i / d x_i||`` (min / mean / max) as scalars ``slope_{kind}_*``.
 
         Computed only when the coming step will be recorded (returns ``None``
         otherwise); see :func:`gradscope.record.probes.input_gradient_norms`
         for ``output``. The caller's graph and ``.grad`` are left untouched,
-        and the recorder's own hooks ignore this extra backward pass.
+        and the recorder's own hooks ignore this extra backward pass. Pass
+        sequences (``[real, fake]``, ``[real_out, fake_out]``, ``["real", "fake"]``)
+        to handle several batches of one forward pass with one backward pass.
 
         Returns
         -------
-        Tensor or None
+        Tensor, list of Tensor or None
             The per-sample norms, detached.
         """
         if net not in self.models:
             raise ValueError(f"unknown net {net!r}; valid: {', '.join(self.models)}")
-        if not isinstance(kind, str) or not kind or any(c in kind for c in ",\n\r\""):
-            raise ValueError(f"kind must be a non-empty string without commas, quotes or newlines, got {kind!r}")
+        kinds = [kind] if isinstance(kind, str) else list(kind)
+        n_inputs = 1 if isinstance(x, Tensor) else len(x)
+        if len(kinds) != n_inputs:
+            raise ValueError(f"got {n_inputs} inputs but {len(kinds)} kinds")
+        for name in kinds:
+            if not isinstance(name, str) or not name or any(c in name for c in ",\n\r\""):
+                raise ValueError(f"kind must be a non-empty string without commas, quotes or newlines, got {name!r}")
         if not self.observer.armed:
             return None
-        with self._suspended():
+        with self.paused():
             norms = input_gradient_norms(self.models[net], x, output)
-        self._slopes.append((kind, torch.stack([norms.min(), norms.mean(), norms.max()])))
+        for name, values in zip(kinds, [norms] if isinstance(norms, Tensor) else norms):
+            self._slopes.append((name, torch.stack([values.min(), values.mean(), values.max()])))
         return norms
 
     def log_scalars(self, step: int, values: Mapping[str, float | Tensor]) -> None:

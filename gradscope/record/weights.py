@@ -15,10 +15,13 @@ _ESTIMATES = ("sigma", "sigma_fwd", "sigma_bwd")
 
 
 def add_weight_stats(buffer: StepBuffer, layers: Sequence[Layer], want: set[str],
-                     effective_grads: Mapping[int, Tensor]) -> None:
-    """Enqueue the cheap weight statistics of ``layers`` (no host sync)."""
+                     effective_grads: Mapping[int, Tensor], grad_seen: set[int]) -> None:
+    """Enqueue the cheap weight statistics of ``layers`` (no host sync).
+
+    ``grad_seen`` holds the layers whose raw weight received a gradient in this step.
+    """
     if "grad_w_raw_norm" in want or "grad_w_eff_norm" in want:
-        with_grad = [layer for layer in layers if layer.raw.grad is not None]
+        with_grad = [layer for layer in layers if layer.uid in grad_seen and layer.raw.grad is not None]
         if with_grad:
             norms = torch._foreach_norm([layer.raw.grad.detach() for layer in with_grad])
             for layer, norm in zip(with_grad, norms):
