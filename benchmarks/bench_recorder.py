@@ -8,12 +8,14 @@ order, so machine load drifts hit them alike:
 - ``every1+slopes``: the same plus per-sample input-gradient norms on real and fake batches;
 - ``every10``: every cheap statistic every 10th step.
 
-Reports the median step time of each variant and its ratio to ``off``.
+Reports each variant's median and mean wall time per step and median process CPU time per step,
+with ratios to ``off`` (CPU time is the steadier measure on a shared machine; use ``--threads 1``
+there so that idle OpenMP threads do not spin).
 Targets (issue 3): every1 <= 1.15x on CPU (1.10x on GPU), every10 <= 1.03x.
 
 Run::
 
-    python benchmarks/bench_recorder.py --rounds 12 --steps 4
+    python benchmarks/bench_recorder.py --rounds 12 --steps 4 [--threads 1]
 """
 from __future__ import annotations
 
@@ -47,24 +49,26 @@ def make_step(disc: torch.nn.Module, gen: torch.nn.Module, batch: int, image_siz
     real = torch.rand(batch, 3, image_size, image_size, device=device) * 2 - 1
 
     def gan_step(it: int, rec: Recorder | None, slopes: bool) -> None:
-        # D update (hinge loss).
+        # D update (hinge loss), real and fake in one forward pass as gradscope's trainer does.
+        if rec is not None:
+            rec.begin(it, "d")
         z = torch.randn(batch, gen.z_dim, device=device)
         with torch.no_grad():
             fake = gen(z)
-        opt_d.zero_grad(set_to_none=True)
-        x_real = real.requires_grad_(slopes)
-        x_fake = fake.requires_grad_(slopes)
-        d_real, d_fake = disc(x_real), disc(x_fake)
+        x_real, x_fake = real.detach().requires_grad_(slopes), fake.requires_grad_(slopes)
+        logits = disc(torch.cat([x_real, x_fake]))
+        d_real, d_fake = logits[:batch], logits[batch:]
         loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
         if rec is not None and slopes:
-            rec.record_input_gradients("D", x_real, d_real, kind="real")
-            rec.record_input_gradients("D", x_fake, d_fake, kind="fake")
+            rec.record_input_gradients("D", [x_real, x_fake], [d_real, d_fake], kind=["real", "fake"])
+        opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
         if rec is not None:
             rec.log_scalars(it, {"loss_d": loss_d, "d_real": d_real.mean(), "d_fake": d_fake.mean()})
             rec.step(it, "d")
-        # G update; D's parameters are frozen so the G step leaves D's .grad alone.
+            rec.begin(it, "g")
+        # G update; D's parameters are frozen so the G step computes no D weight gradients.
         for p in disc.parameters():
             p.requires_grad_(False)
         opt_g.zero_grad(set_to_none=True)
@@ -91,7 +95,10 @@ def main() -> None:
     parser.add_argument("--norm", default="sn", help="normalization of D (none, sn, bsn, ...)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--variants", default="off,every1,every1+slopes,every10")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     disc, gen = make_gan(args.norm, args.image_size, device)
     gan_step = make_step(disc, gen, args.batch, args.image_size, device)
@@ -105,6 +112,7 @@ def main() -> None:
     }
     counters = {name: 0 for name in names}
     times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(2):  # warm-up (allocator, first-call costs) for every variant
         for name in names:
             rec = recorders[name]
@@ -122,11 +130,12 @@ def main() -> None:
                 rec.attach()
             # every10 must see whole 10-step periods to be measured at its true average cost.
             n = 10 if name == "every10" else args.steps
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for _ in range(n):
                 gan_step(counters[name], rec, name.endswith("slopes"))
                 counters[name] += 1
             times[name].append((time.perf_counter() - start) / n)
+            cpu[name].append((time.process_time() - start_cpu) / n)
             if rec is not None:
                 rec.detach()
     for rec in recorders.values():
@@ -136,10 +145,13 @@ def main() -> None:
     print(f"SNDCGAN GAN step (D+G), batch {args.batch}, {args.image_size}x{args.image_size}, norm {args.norm}, "
           f"device {device}, threads {torch.get_num_threads()}, rounds {args.rounds}")
     mean_base = statistics.fmean(times["off"]) if "off" in times else float("nan")
-    print(f"{'variant':<16}{'median ms/step':>16}{'ratio':>8}{'mean ms/step':>14}{'ratio':>8}")
+    cpu_base = statistics.median(cpu["off"]) if "off" in cpu else float("nan")
+    print(f"{'variant':<16}{'median wall ms':>15}{'ratio':>7}{'mean wall ms':>14}{'ratio':>7}"
+          f"{'median CPU ms':>15}{'ratio':>7}")
     for name in names:
-        med, mean = statistics.median(times[name]), statistics.fmean(times[name])
-        print(f"{name:<16}{med * 1e3:>16.1f}{med / base:>8.3f}{mean * 1e3:>14.1f}{mean / mean_base:>8.3f}")
+        med, mean, med_cpu = statistics.median(times[name]), statistics.fmean(times[name]), statistics.median(cpu[name])
+        print(f"{name:<16}{med * 1e3:>15.1f}{med / base:>7.3f}{mean * 1e3:>14.1f}{mean / mean_base:>7.3f}"
+              f"{med_cpu * 1e3:>15.1f}{med_cpu / cpu_base:>7.3f}")
 
 
 if __name__ == "__main__":

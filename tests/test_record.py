@@ -536,3 +536,36 @@ def test_non_finite_values_are_recorded_as_nan_and_alerted() -> None:
     assert run.layers["value"].isna().any()
     assert set(run.alerts["rule"]) == {"non_finite"}
     assert any("scalar loss" in m for m in messages)
+
+
+@pytest.mark.parametrize("norm", ["bssn", "sn-diff-gamma", "strict"])
+def test_gradscope_normalizations_are_read_from_their_buffers(norm: str) -> None:
+    from gradscope.norms import normalize, parametrization_of, raw_weight
+
+    torch.manual_seed(0)
+    disc = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.LeakyReLU(0.1), nn.Conv2d(8, 8, 4, 2, 1),
+                         nn.LeakyReLU(0.1), nn.Flatten(), nn.Linear(8 * 4 * 4, 1))
+    disc(torch.randn(1, 3, 8, 8))  # strict SN takes the input size from a first forward pass
+    normalize(disc, norm, 1.3 if norm == "bssn" else 1.0)
+    opt = torch.optim.Adam(disc.parameters(), lr=0.01)
+    rec = Recorder({"D": disc}, alerts=[]).attach()
+    for step in range(2):
+        opt.zero_grad()
+        disc(torch.randn(4, 3, 8, 8)).mean().backward()
+        opt.step()
+        rec.step(step, "d")
+    got = recorded(rec, step=1)
+    for name in ("0", "2", "5"):
+        module = disc[int(name)]
+        param = parametrization_of(module)
+        for key, value in param.sigma_estimates().items():
+            assert got[(name, key)] == pytest.approx(float(value), rel=1e-6), (name, key)
+        shape = raw_weight(module).shape  # (reading module.weight would advance the power iteration)
+        fan_in = shape[1] * math.prod(shape[2:])
+        assert got[(name, "lecun_ratio")] == pytest.approx(
+            fan_in * float(effective_weight(module).var(unbiased=False)), rel=1e-4)
+        if norm == "sn-diff-gamma":
+            assert got[(name, "gamma")] == pytest.approx(float(param.gamma.detach()), rel=1e-6)
+            assert float(param.gamma.detach()) != 1.0  # it learned, and the recorder saw the new value
+        else:
+            assert (name, "gamma") not in got

@@ -66,18 +66,19 @@ def test_load_run_reads_partial_runs_deterministically(tmp_path) -> None:
     # Chunks written out of order, a layer literally named "NA", a NaN value, a repeated key.
     w.append_layers(pd.concat([layer_rows(3, 3.0), layer_rows(1, float("nan"), layer="NA")]))
     w.flush()
-    w.append_layers(pd.concat([layer_rows(0, 0.5), layer_rows(3, 33.0)]))
+    w.append_layers(pd.concat([layer_rows(0, 0.5), layer_rows(3, 33.0), layer_rows(2, 9.0, stat="gamma")]))
     w.flush()
     (tmp_path / "layers" / ".000003.csv.999.tmp").write_text("step,phase\n7,")  # torn temporary file
     with open(tmp_path / "alerts.jsonl", "a") as handle:
         handle.write('{"step": 1, "rule": "x"}\n{"step": 2, "ru')  # torn last line
-    run = load_run(tmp_path)
+    assert load_run(tmp_path, stats=["gamma"]).layers["value"].tolist() == [9.0]
+    run = load_run(tmp_path, stats=["sigma"])
     assert run.layers["step"].tolist() == [0, 1, 3]
     assert run.layers["layer"].tolist() == ["fc", "NA", "fc"]
     assert np.isnan(run.layers["value"].iloc[1]) and run.layers["value"].iloc[2] == 33.0
     assert run.alerts["step"].tolist() == [1]
     assert run.config == {} and run.status == {}
-    pd.testing.assert_frame_equal(run.layers, load_run(tmp_path).layers)
+    pd.testing.assert_frame_equal(run.layers, load_run(tmp_path, stats=["sigma"]).layers)
 
 
 def test_sigkill_mid_run_leaves_a_readable_partial_run(tmp_path) -> None:
