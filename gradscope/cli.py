@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("gradscope.train.eval_cli", "compute sample-quality metrics for a run's checkpoint"),
     "check": ("analyses.check_cli", "run the fast numerical checks of the paper's claims and print verdicts"),
     "reproduce": ("analyses.reproduce_cli", "run analyses at a scale and write their data and figures"),
+    "plot": ("gradscope.plot.cli", "draw the standard figures of one or more recorded runs"),
+    "report": ("gradscope.plot.report_cli", "write one self-contained HTML report of recorded runs"),
     "sweep": ("gradscope.sweep.cli", "run a grid of runs on a local pool or a Ray cluster, or summarize one"),
     "demo": ("gradscope.demo", "print the normalization family's spectral norms on the SNDCGAN discriminator"),
 }
