@@ -103,9 +103,9 @@ SIGMA_TOL = 1e-6
 
 PARAMS = {
     "tiny": {"image_size": 24, "draws": 1, "batch": 16, "train": None},
-    "small": {"image_size": 32, "draws": 3, "batch": 64,
-              "train": {"dataset": "digits", "image_size": 32, "iterations": 300, "batch_size": 64,
-                        "record_every": 50}},
+    "small": {"image_size": 32, "draws": 2, "batch": 64,
+              "train": {"dataset": "digits", "image_size": 16, "iterations": 200, "batch_size": 64,
+                        "record_every": 50, "lr_d": 1e-4, "lr_g": 1e-4}},
     "paper": {"image_size": 32, "draws": 5, "batch": 64,
               "train": {"dataset": "cifar10", "image_size": 32, "iterations": 20000, "batch_size": 64,
                         "record_every": 500, "lr_d": 1e-4, "lr_g": 1e-4}},
@@ -149,6 +149,25 @@ def ratio_rows(model: nn.Module, example: torch.Tensor, state: str, draw: int) -
             row["prediction"] = 1.0
         rows.append(row)
     return rows
+
+
+def trained_kernel_rows(trained: nn.Module, image_size: int) -> list[dict]:
+    """:func:`ratio_rows` of a trained D's conv kernels placed in a fresh D for ``image_size`` inputs.
+
+    Kernels do not depend on the image size, so a D trained on small images is
+    judged on the reference geometry; the linear layer (whose shape does
+    depend on it) is left out.
+    """
+    from gradscope.norms.base import effective_weight
+
+    fresh = SNDCGANDiscriminator(image_size, trained.channels, trained.negative_slope)
+    source = dict(trained.named_modules())
+    with torch.no_grad():
+        for name, module in fresh.named_modules():
+            if isinstance(module, nn.Conv2d):
+                module.weight.copy_(effective_weight(source[name]))
+    rows = ratio_rows(fresh, torch.zeros(1, trained.channels, image_size, image_size), "trained", 0)
+    return [row for row in rows if row["kind"] == "conv"]
 
 
 def theory_config_rows(draws: int, generator: torch.Generator) -> list[dict]:
@@ -303,8 +322,7 @@ def run(scale: str, out: Path, seed: int = 0) -> AnalysisResult:
         from analyses.training import train_run
 
         _, trained = train_run(Path(out) / "runs" / "sn", norm="sn", seed=seed, **params["train"])
-        channels = trained.discriminator.channels
-        rows += ratio_rows(trained.discriminator.cpu(), torch.zeros(1, channels, n, n), "trained", 0)
+        rows += trained_kernel_rows(trained.discriminator.cpu(), n)
     table = pd.DataFrame(rows)
     result.add_table("c6_sigma_ratios", table)
     for state in ("theory_config", "init", "trained"):

@@ -83,8 +83,8 @@ MARGIN = 0.05
 
 PARAMS = {
     "tiny": {"image_size": 16, "batch": 32, "draws": 2, "scales": (1.0, KAIMING_C), "train": None},
-    "small": {"image_size": 32, "batch": 64, "draws": 5, "scales": (0.7, 1.0, 1.2, KAIMING_C, 1.6, 2.0),
-              "train": {"dataset": "digits", "image_size": 16, "iterations": 200, "batch_size": 64,
+    "small": {"image_size": 32, "batch": 64, "draws": 3, "scales": (0.7, 1.0, 1.2, KAIMING_C, 1.6, 2.0),
+              "train": {"dataset": "digits", "image_size": 16, "iterations": 150, "batch_size": 64,
                         "record_every": 10, "lr_d": 1e-4, "lr_g": 1e-4}},
     "paper": {"image_size": 32, "batch": 128, "draws": 10,
               "scales": (0.7, 0.8, 0.9, 1.0, 1.2, KAIMING_C, 1.6, 2.0, 3.0, 4.0),

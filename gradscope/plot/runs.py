@@ -89,9 +89,9 @@ def plot_runs(runs: Sequence[str | os.PathLike | LabelledRun], out: str | os.Pat
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     layer_tables = [_layers_of(r.run, net, phase) for r in loaded]
-    if all(t.empty for t in layer_tables) and all(r.run.scalars.empty for r in loaded):
-        nets = sorted({n for r in loaded for n in r.run.layers["net"].unique()})
-        raise ValueError(f"no statistics recorded for net {net!r}; recorded nets: {', '.join(nets) or 'none'}")
+    nets = sorted({n for r in loaded for n in r.run.layers["net"].unique()})
+    if nets and net not in nets:
+        raise ValueError(f"no statistics recorded for net {net!r}; recorded nets: {', '.join(nets)}")
     drawers = {
         "grad_norms": lambda: _per_layer(loaded, layer_tables, ["grad_out_norm"],
                                          "Back-propagated gradient norm per layer", "||dL/d output|| (log)",
