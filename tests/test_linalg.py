@@ -29,7 +29,7 @@ DT = torch.float64
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
+def one_thread():
     # tiny operators: thread hand-offs on a shared 2-core machine cost more than the work
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
