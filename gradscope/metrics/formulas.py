@@ -173,20 +173,27 @@ def inception_score(probs: Any, splits: int = 10) -> tuple[float, float]:
     return float(np.mean(scores)), float(np.std(scores))
 
 
+# Kernel entries computed at once by the batched KID (float64, ~8 MB, cache-sized): 1000-sample
+# subsets go one at a time, small ones hundreds at a time (5x faster than a Python loop over
+# 40-sample subsets; 16M-entry chunks were slower for 1000-sample ones, memory-bound).
+_KID_CHUNK_ENTRIES = 1_000_000
+
+
 def _polynomial_kernel_sums(a: torch.Tensor, b: torch.Tensor, degree: int, gamma: float, coef0: float,
-                            ) -> tuple[float, float]:
-    """Sum and trace of the kernel matrix (gamma a b^T + coef0)^degree, built in place (memory-bound part)."""
-    kernel = a @ b.T
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-batch sum and trace of the kernel matrices (gamma a b^T + coef0)^degree; a, b are (S, m, d)."""
+    kernel = a @ b.transpose(1, 2)
     kernel.mul_(gamma).add_(coef0)
     power = kernel.clone()
     for _ in range(degree - 1):
         power.mul_(kernel)
-    return float(power.sum()), float(power.diagonal().sum())
+    return power.sum(dim=(1, 2)), power.diagonal(dim1=1, dim2=2).sum(dim=1)
 
 
-def _unbiased_polynomial_mmd2(x: torch.Tensor, y: torch.Tensor, degree: int, gamma: float, coef0: float) -> float:
-    """Unbiased MMD^2 estimate with k(a, b) = (gamma a.b + coef0)^degree (float64 tensors, any device)."""
-    m, n = x.shape[0], y.shape[0]
+def _unbiased_polynomial_mmd2(x: torch.Tensor, y: torch.Tensor, degree: int, gamma: float, coef0: float,
+                              ) -> torch.Tensor:
+    """Unbiased MMD^2 estimates with k(a, b) = (gamma a.b + coef0)^degree for a batch of subsets (S, m, d)."""
+    m, n = x.shape[1], y.shape[1]
     sum_xx, trace_xx = _polynomial_kernel_sums(x, x, degree, gamma, coef0)
     sum_yy, trace_yy = _polynomial_kernel_sums(y, y, degree, gamma, coef0)
     sum_xy, _ = _polynomial_kernel_sums(x, y, degree, gamma, coef0)
@@ -262,9 +269,14 @@ def kernel_inception_distance(
         raise ValueError(f"kernel_inception_distance needs at least 2 samples in each set, got {x.shape[0]} and {y.shape[0]}")
     scale = 1.0 / x.shape[1] if gamma is None else float(gamma)
     rng = np.random.default_rng(seed)
+    draws = [(rng.choice(x.shape[0], size, replace=False), rng.choice(y.shape[0], size, replace=False))
+             for _ in range(subsets)]
+    chunk = max(1, _KID_CHUNK_ENTRIES // (size * size))
     estimates = []
-    for _ in range(subsets):
-        xs = x[torch.from_numpy(rng.choice(x.shape[0], size, replace=False)).to(x.device)]
-        ys = y[torch.from_numpy(rng.choice(y.shape[0], size, replace=False)).to(x.device)]
-        estimates.append(_unbiased_polynomial_mmd2(xs, ys, degree, scale, coef0))
-    return float(np.mean(estimates)), float(np.std(estimates))
+    for start in range(0, subsets, chunk):
+        part = draws[start:start + chunk]
+        x_index = torch.from_numpy(np.stack([ix for ix, _ in part])).to(x.device)
+        y_index = torch.from_numpy(np.stack([iy for _, iy in part])).to(x.device)
+        estimates.append(_unbiased_polynomial_mmd2(x[x_index], y[y_index], degree, scale, coef0).cpu())
+    values = torch.cat(estimates).numpy()
+    return float(values.mean()), float(values.std())
