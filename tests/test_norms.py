@@ -146,6 +146,19 @@ def test_scaled_modes_multiply_the_weight_and_leave_the_bias():
             assert p.norm == name and p.scale == 1.7
 
 
+def test_scale_applies_to_strict_and_gamma_modes_too():
+    for norm in ("strict", "sn-same-gamma"):
+        plain, scaled = small_d(), small_d()
+        torch.manual_seed(3)
+        normalize(plain, norm, input_sizes={"0": 8, "2": 8} if norm == "strict" else None)
+        torch.manual_seed(3)
+        normalize(scaled, norm, 0.8, input_sizes={"0": 8, "2": 8} if norm == "strict" else None)
+        for m_plain, m_scaled in zip(weighted_layers(plain), weighted_layers(scaled)):
+            torch.testing.assert_close(m_scaled.weight, 0.8 * m_plain.weight)
+            assert float(parametrization_of(m_scaled).multiplier()) == pytest.approx(
+                0.8 * float(parametrization_of(m_plain).multiplier()))
+
+
 # ---------------------------------------------------------------- strict
 
 @pytest.mark.parametrize("make,size", [
@@ -387,7 +400,7 @@ def test_skip_by_name_or_predicate_and_none():
     (lambda: normalize(small_d(), "sn2"), "valid choices: 'none', 'sn', 'bsn', 'ssn', 'bssn', 'strict'"),
     (lambda: normalize(small_d(), "ssn", scale=0), "scale"),
     (lambda: normalize(small_d(), "bssn", scale=-1.0), "scale"),
-    (lambda: normalize(small_d(), "sn", scale=1.5), "'ssn', 'bssn'"),
+    (lambda: normalize(small_d(), "none", scale=1.5), "normalizing mode"),
     (lambda: normalize(small_d(), "sn", n_power_iterations=0), "n_power_iterations"),
     (lambda: normalize(normalize(small_d(), "sn"), "sn"), "already normalized"),
     (lambda: normalize(torch_spectral_norm(nn.Linear(2, 2)), "bsn"), "already normalized"),

@@ -84,13 +84,15 @@ def normalize(model: nn.Module, norm: str = "sn", scale: float = 1.0, *, n_power
 
         - ``"sn"``: Miyato's SN, divide by the norm of the kernel reshaped to ``(c_out, rest)``;
         - ``"bsn"``: divide by the mean of the forward and backward reshape norms;
-        - ``"ssn"`` / ``"bssn"``: ``sn`` / ``bsn`` times the constant ``scale``;
+        - ``"ssn"`` / ``"bssn"``: ``sn`` / ``bsn`` times the constant ``scale`` (the names of C7);
         - ``"strict"``: divide convolutions by their operator norm on the real input size;
         - ``"sn-same-gamma"`` / ``"sn-diff-gamma"``: ``sn`` times one learnable scalar shared by
           all layers / one per layer (initialized to 1), multiplying weight and bias;
         - ``"none"``: leave the model as it is (still validated).
     scale : float
-        The constant ``c`` of ``ssn`` / ``bssn``; must be 1 for the other modes.
+        The constant ``c`` multiplying every normalized weight. ``ssn`` / ``bssn`` are the
+        paper's names for ``sn`` / ``bsn`` with a scale; it applies to every normalizing mode
+        (e.g. to tune ``strict``), and must be 1 for ``none``.
     n_power_iterations : int
         Power steps per training forward (none in eval mode).
     skip : collection of str or callable
@@ -120,8 +122,8 @@ def normalize(model: nn.Module, norm: str = "sn", scale: float = 1.0, *, n_power
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_choice("norm", norm, NORMS)
     check_positive("scale", scale)
-    if float(scale) != 1.0 and norm not in SCALED_NORMS:
-        raise ValueError(f"scale={scale} applies only to the scaled modes {SCALED_NORMS}; norm {norm!r} uses 1.0")
+    if float(scale) != 1.0 and norm == "none":
+        raise ValueError(f"scale={scale} needs a normalizing mode; norm 'none' leaves the weights as they are")
     check_int_at_least("n_power_iterations", n_power_iterations, 1)
     check_positive("eps", eps)
     layers = _layers(model)
