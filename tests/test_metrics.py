@@ -21,6 +21,7 @@ from gradscope.metrics import (
     clear_extractor_cache,
     evaluate_generator,
     frechet_distance,
+    generate_samples,
     gaussian_statistics,
     get_extractor,
     inception_score,
@@ -372,6 +373,8 @@ def test_evaluate_generator_validates(digits_cache):
         evaluate_generator(generator, dataset, extractor="clip")
     with pytest.raises(ValueError, match="unknown dataset kind"):
         evaluate_generator(generator, object())
+    with pytest.raises(ValueError, match="n_samples must be an integer >= 1"):
+        generate_samples(generator, 0)  # checked at the call, not at the first batch
 
 
 # --- Inception: fallback and library paths ------------------------------------------------------------

@@ -31,15 +31,20 @@ def generate_samples(
     """Yield ``n_samples`` generator outputs in batches, reproducibly and without side effects.
 
     Latents come from ``generator.sample_latent(n, device=..., generator=rng)``
-    with a private CPU ``torch.Generator`` seeded by ``seed``: the same seed
-    gives the same latents on any device, and the global RNG (which a training run's resume
-    equality depends on) is not consumed. The generator runs in eval mode under
+    with a private CPU ``torch.Generator`` seeded by ``seed``: the same seed and
+    batch size give the same latents on any device, and the global RNG (which a training
+    run's resume equality depends on) is not consumed. The generator runs in eval mode under
     ``torch.no_grad``; its previous train/eval mode is restored afterwards,
     also when the consumer stops early.
     """
     check_int_at_least("n_samples", n_samples, 1)
     check_int_at_least("batch_size", batch_size, 1)
     device = _device_of(generator) if device is None else torch.device(device)
+    return _batches(generator, n_samples, batch_size, device, seed)
+
+
+def _batches(generator: nn.Module, n_samples: int, batch_size: int, device: torch.device, seed: int,
+             ) -> Iterator[Tensor]:
     # A CPU generator: the models draw on the generator's device and move the latents,
     # so the same seed gives the same samples on any device.
     rng = torch.Generator().manual_seed(seed)

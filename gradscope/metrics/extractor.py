@@ -106,10 +106,11 @@ def get_extractor(
     device = torch.device(device)
     wants_inception = kind == "inception" or (kind == "auto" and dataset_name != "digits")
     if wants_inception:
-        key = ("inception", str(device), "", str(inception_weights))
+        download = kind == "inception"
+        key = ("inception", str(device), "download" if download else "", str(inception_weights))
         if key not in _loaded and key not in _failed:
             try:
-                _loaded[key] = InceptionExtractor(inception_weights, device, download=kind == "inception")
+                _loaded[key] = InceptionExtractor(inception_weights, device, download=download)
             except InceptionUnavailable as exc:
                 # Remembered so that a periodic evaluation does not retry a failing download every time.
                 _failed.add(key)
