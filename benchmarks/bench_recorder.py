@@ -5,7 +5,9 @@ order, so machine load drifts hit them alike:
 
 - ``off``: no recorder attached;
 - ``every1``: every cheap statistic every step (flushing to a run directory every 100 steps);
-- ``every1+slopes``: the same plus per-sample input-gradient norms on real and fake batches;
+- ``every1+slopes``: the same plus per-sample input-gradient norms on real and fake batches
+  every step (one extra input-gradient backward pass through D);
+- ``every1+slopes10``: every cheap statistic every step, the input-gradient norms every 10th step;
 - ``every10``: every cheap statistic every 10th step.
 
 Reports each variant's median and mean wall time per step and median process CPU time per step,
@@ -55,11 +57,12 @@ def make_step(disc: torch.nn.Module, gen: torch.nn.Module, batch: int, image_siz
         z = torch.randn(batch, gen.z_dim, device=device)
         with torch.no_grad():
             fake = gen(z)
+        slopes = slopes and rec is not None and rec.collecting_slopes
         x_real, x_fake = real.detach().requires_grad_(slopes), fake.requires_grad_(slopes)
         logits = disc(torch.cat([x_real, x_fake]))
         d_real, d_fake = logits[:batch], logits[batch:]
         loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
-        if rec is not None and slopes:
+        if slopes:
             rec.record_input_gradients("D", [x_real, x_fake], [d_real, d_fake], kind=["real", "fake"])
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
@@ -94,7 +97,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--norm", default="sn", help="normalization of D (none, sn, bsn, ...)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--variants", default="off,every1,every1+slopes,every10")
+    parser.add_argument("--variants", default="off,every1,every1+slopes,every1+slopes10,every10")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -108,6 +111,8 @@ def main() -> None:
         "off": None,
         "every1": Recorder({"D": disc, "G": gen}, every=1, out=f"{out}/every1", alert_printer=None),
         "every1+slopes": Recorder({"D": disc, "G": gen}, every=1, out=f"{out}/slopes", alert_printer=None),
+        "every1+slopes10": Recorder({"D": disc, "G": gen}, every=1, slopes_every=10, out=f"{out}/slopes10",
+                                    alert_printer=None),
         "every10": Recorder({"D": disc, "G": gen}, every=10, out=f"{out}/every10", alert_printer=None),
     }
     counters = {name: 0 for name in names}
@@ -118,7 +123,7 @@ def main() -> None:
             rec = recorders[name]
             if rec is not None:
                 rec.attach()
-            gan_step(counters[name], rec, name.endswith("slopes"))
+            gan_step(counters[name], rec, "slopes" in name)
             counters[name] += 1
             if rec is not None:
                 rec.detach()
@@ -128,11 +133,11 @@ def main() -> None:
             rec = recorders[name]
             if rec is not None:
                 rec.attach()
-            # every10 must see whole 10-step periods to be measured at its true average cost.
-            n = 10 if name == "every10" else args.steps
+            # Variants with a 10-step period must see whole periods to be measured at their average cost.
+            n = 10 if name.endswith("10") else args.steps
             start, start_cpu = time.perf_counter(), time.process_time()
             for _ in range(n):
-                gan_step(counters[name], rec, name.endswith("slopes"))
+                gan_step(counters[name], rec, "slopes" in name)
                 counters[name] += 1
             times[name].append((time.perf_counter() - start) / n)
             cpu[name].append((time.process_time() - start_cpu) / n)

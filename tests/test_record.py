@@ -455,6 +455,25 @@ def test_input_gradient_norms_match_per_sample_autograd_and_leave_training_alone
     assert grads["conv1"] == pytest.approx(float(z1.grad.norm()), rel=1e-12)
 
 
+def test_slopes_follow_their_own_schedule() -> None:
+    disc = make_disc()
+    rec = Recorder({"D": disc}, every=2, slopes_every=4, alerts=[]).attach()
+    computed = []
+    for step in range(9):
+        rec.begin(step, "d")
+        x = torch.randn(2, 2, 8, 8, dtype=DT, requires_grad=rec.collecting_slopes)
+        out = disc(x)
+        computed.append(rec.record_input_gradients("D", x, out) is not None if x.requires_grad else False)
+        out.sum().backward()
+        rec.step(step, "d")
+    assert computed == [True, False, False, False, True, False, False, False, True]
+    run = rec.run()
+    assert sorted(set(run.scalars["step"])) == [0, 4, 8]
+    assert sorted(set(run.layers["step"])) == [0, 2, 4, 6, 8]
+    with pytest.raises(ValueError, match="multiple of every"):
+        Recorder(disc, every=2, slopes_every=3)
+
+
 def test_hessian_top_matches_dense_hessian_eigenvalue() -> None:
     torch.manual_seed(3)
     net = nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(0.1), nn.Linear(4, 2), nn.LeakyReLU(0.1), nn.Linear(2, 1))
