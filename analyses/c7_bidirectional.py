@@ -58,6 +58,7 @@ training run.
 """
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -113,10 +114,13 @@ def ratio_table(image_size: int, batch_size: int, draws: int, scales, seed: int)
     generator = torch.Generator().manual_seed(seed)
     frames = []
     for draw in range(draws):
+        # one weight draw per init scheme, shared by every normalization: paired comparisons
+        bases = {}
+        for init in dict.fromkeys(s["init"] for s in setups(scales)):
+            bases[init] = init_(SNDCGANDiscriminator(image_size, 3, NEGATIVE_SLOPE), init, generator=generator)
         for setup in setups(scales):
-            model = SNDCGANDiscriminator(image_size, 3, NEGATIVE_SLOPE)
-            init_(model, setup["init"], generator=generator)
-            torch.manual_seed(seed * 1000 + draw)  # the power-iteration start vectors
+            model = copy.deepcopy(bases[setup["init"]])
+            torch.manual_seed(seed * 1000 + draw)  # the same power-iteration start vectors for every norm
             if setup["norm"] != "none":
                 normalize(model, setup["norm"], scale=setup["c"])
             ratios = variance_ratios(recorded_pass(model, batch))

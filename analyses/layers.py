@@ -59,16 +59,23 @@ class WeightLayer:
 
     @property
     def patch_fits(self) -> bool:
-        """Whether one whole (dilated) kernel window fits inside the unpadded input.
+        """Whether some output position's whole (dilated) window lies inside the unpadded input.
 
         Only then is ``sigma_fwd <= sigma_op`` guaranteed: the top right singular
-        vector of the reshape, placed in one window, is an input the operator
-        maps to a vector of norm ``sigma_fwd``.
+        vector of the reshape, placed in that window, is an input the operator
+        maps to a vector of norm at least ``sigma_fwd``. Windows start at
+        ``j * stride - padding``, so with padding and stride a window as large
+        as the input may still not fit.
         """
         if self.kind != "conv":
             return True
-        dilation = self.module.dilation
-        return all(d * (k - 1) + 1 <= n for k, d, n in zip(self.kernel_size, dilation, self.input_size))
+        m = self.module
+        for k, s, d, n, pad in zip(self.kernel_size, self.stride, m.dilation, self.input_size, _pad_before(m)):
+            extent = d * (k - 1)
+            starts = range(-pad, n + pad - extent, s)
+            if not any(0 <= start and start + extent <= n - 1 for start in starts):
+                return False
+        return True
 
     def overlap_factor(self) -> float:
         """``sqrt`` of the most output windows any one input entry falls in: ``ceil(k/stride)`` for 2-D, dilation 1.
@@ -84,6 +91,15 @@ class WeightLayer:
             # taps t whose position t*d lands on input p for some window start j*s: t*d = p (mod s)
             count *= max(sum(1 for t in range(k) if (t * d - residue) % s == 0) for residue in range(s))
         return math.sqrt(count)
+
+
+def _pad_before(module: nn.Module) -> tuple[int, ...]:
+    """Zero padding before the input, per spatial dimension (``'same'`` puts the smaller half first)."""
+    if module.padding == "valid":
+        return (0,) * len(module.kernel_size)
+    if module.padding == "same":
+        return tuple(d * (k - 1) // 2 for k, d in zip(module.kernel_size, module.dilation))
+    return tuple(module.padding)
 
 
 def weight_layers(model: nn.Module, example: Tensor) -> list[WeightLayer]:
