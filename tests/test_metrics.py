@@ -1,10 +1,13 @@
 """Sample-quality metrics: formulas against independent oracles, extractors, caching, fallback, evaluation."""
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import shutil
 import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -422,6 +425,36 @@ def test_weights_file_must_be_a_plain_state_dict(tmp_path):
         inception_module.inception_weights_file(path, "http://127.0.0.1/none.pth", download=False)
     with pytest.raises(InceptionUnavailable, match="does not exist"):
         inception_module.inception_weights_file(tmp_path / "nope.pth", "http://127.0.0.1/none.pth", download=False)
+
+
+@pytest.fixture
+def local_server(tmp_path):
+    """An HTTP server on 127.0.0.1 serving ``tmp_path / "served"``."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(folder))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_default_weights_are_downloaded_into_torch_hub_and_checked(local_server, tmp_path, monkeypatch):
+    folder, base = local_server
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    weights = {"fc.weight": torch.randn(3, 2)}
+    torch.save(weights, folder / "weights-inception-test.pth")
+    with pytest.raises(InceptionUnavailable, match="pass --inception-weights"):
+        inception_module.inception_weights_file(None, f"{base}/weights-inception-test.pth", download=False)
+    path = inception_module.inception_weights_file(None, f"{base}/weights-inception-test.pth", download=True)
+    assert path == tmp_path / "torch-home" / "hub" / "checkpoints" / "weights-inception-test.pth"
+    assert torch.equal(torch.load(path, weights_only=True)["fc.weight"], weights["fc.weight"])
+    (folder / "weights-inception-test.pth").unlink()  # now found in the hub cache, not fetched again
+    assert inception_module.inception_weights_file(None, f"{base}/weights-inception-test.pth", download=True) == path
+    with pytest.raises(InceptionUnavailable, match=r"could not be downloaded \(HTTPError"):
+        inception_module.inception_weights_file(None, f"{base}/missing.pth", download=True)
 
 
 def _library_inception_class():

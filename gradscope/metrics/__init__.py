@@ -1,4 +1,5 @@
-"""Sample quality: FID / IS / KID under Inception (optional) or the embedded digits classifier, mode coverage for 2D sets.
+"""Sample quality: FID / IS / KID under Inception (optional) or the embedded digits classifier;
+mode coverage for the 2D sets.
 
 Numbers computed with the digits classifier are named ``digits_*`` and are
 not comparable to Inception-based ``inception_*`` numbers.

@@ -266,7 +266,8 @@ def kernel_inception_distance(
         check_positive("gamma", gamma)
     size = min(subset_size, x.shape[0], y.shape[0])
     if size < 2:
-        raise ValueError(f"kernel_inception_distance needs at least 2 samples in each set, got {x.shape[0]} and {y.shape[0]}")
+        raise ValueError(f"kernel_inception_distance needs at least 2 samples in each set, "
+                         f"got {x.shape[0]} and {y.shape[0]}")
     scale = 1.0 / x.shape[1] if gamma is None else float(gamma)
     rng = np.random.default_rng(seed)
     draws = [(rng.choice(x.shape[0], size, replace=False), rng.choice(y.shape[0], size, replace=False))

@@ -44,6 +44,12 @@ class InceptionUnavailable(RuntimeError):
     """The Inception extractor cannot be built here; the message says why in one line."""
 
 
+def _first_line(exc: BaseException) -> str:
+    """``"Type: first line of the message"``: warnings about unavailability stay one line."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def _import_without_package_init() -> types.ModuleType:
     """Load torch-fidelity's Inception module while skipping the package ``__init__`` (torchvision)."""
     spec = importlib.util.find_spec(PACKAGE)
@@ -80,12 +86,13 @@ def torch_fidelity_inception_class() -> tuple[type, str]:
         try:  # most likely torchvision, needed only by torch-fidelity's other extractors
             module = _import_without_package_init()
         except Exception as inner:  # noqa: BLE001 - report any failure of the library as unavailability
-            raise InceptionUnavailable(f"torch-fidelity's Inception module cannot be imported: {inner}") from None
+            reason = _first_line(inner)
+            raise InceptionUnavailable(f"torch-fidelity's Inception module cannot be imported ({reason})") from None
     except Exception as exc:  # noqa: BLE001 - e.g. torchvision present but broken beside this torch
         try:
             module = _import_without_package_init()
         except Exception:  # noqa: BLE001
-            raise InceptionUnavailable(f"torch-fidelity cannot be imported: {exc}") from None
+            raise InceptionUnavailable(f"torch-fidelity cannot be imported ({_first_line(exc)})") from None
     return module.FeatureExtractorInceptionV3, module.URL_INCEPTION_V3
 
 
@@ -114,11 +121,13 @@ def inception_weights_file(explicit: str | os.PathLike[str] | None, url: str, *,
         path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
         if not path.is_file():
             if not download:
-                raise InceptionUnavailable(f"no Inception weights in {str(path.parent)!r} (pass --inception-weights PATH)")
+                raise InceptionUnavailable(
+                    f"no Inception weights in {str(path.parent)!r} (pass --inception-weights PATH)")
             try:
                 torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, weights_only=True)
             except Exception as exc:  # noqa: BLE001 - offline, proxy, HTTP error: all mean "not available"
-                raise InceptionUnavailable(f"Inception weights could not be downloaded ({type(exc).__name__}: {exc})") from None
+                raise InceptionUnavailable(
+                    f"Inception weights could not be downloaded ({_first_line(exc)})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
@@ -168,7 +177,7 @@ class InceptionExtractor:
         try:
             network: Any = cls("inception-v3-compat", list(FEATURES), feature_extractor_weights_path=str(path))
         except Exception as exc:  # noqa: BLE001 - wrong shapes etc.: the file is not torch-fidelity's Inception
-            raise InceptionUnavailable(f"torch-fidelity rejected {str(path)!r}: {str(exc).splitlines()[0]}") from None
+            raise InceptionUnavailable(f"torch-fidelity rejected {str(path)!r} ({_first_line(exc)})") from None
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
         self.weights_path = path

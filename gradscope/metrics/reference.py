@@ -131,7 +131,8 @@ def reference_statistics(
     wanted = DEFAULT_MAX_REFERENCE if n_samples is None else check_int_at_least("n_samples", n_samples, 2)
     total = len(dataset)
     if total < 2:
-        raise ValueError(f"dataset {getattr(dataset, 'name', '?')!r} has {total} images; reference statistics need >= 2")
+        name = getattr(dataset, "name", "?")
+        raise ValueError(f"dataset {name!r} has {total} images; reference statistics need >= 2")
     count = min(wanted, total)
     path = _cache_path(default_cache_dir(cache_dir), dataset, extractor.name, count)
     cached = load_cached(path)
