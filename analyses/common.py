@@ -125,14 +125,7 @@ def check_at_most(claim: str, quantity: str, measured: float, bound: float, *,
     >>> check_at_most("C1", "gradient norm", 1.2, 1.0).verdict
     'violated'
     """
-    if not math.isfinite(bound):
-        verdict = INCONCLUSIVE
-    elif not math.isfinite(measured):
-        verdict = VIOLATED
-    else:
-        verdict = HOLDS if measured <= bound * (1 + rtol) + 1e-12 else VIOLATED
-    return Check(claim, quantity, float(measured), float(bound), verdict, must_hold, "<=",
-                 _join(detail, f"rtol {rtol:g}" if rtol else ""))
+    return _bound_check(claim, quantity, measured, bound, "<=", rtol, must_hold, detail)
 
 
 def check_at_least(claim: str, quantity: str, measured: float, bound: float, *,
@@ -144,13 +137,20 @@ def check_at_least(claim: str, quantity: str, measured: float, bound: float, *,
     >>> check_at_least("C6", "sigma_op / sigma_fwd", 1.3, 1.0).verdict
     'holds'
     """
+    return _bound_check(claim, quantity, measured, bound, ">=", rtol, must_hold, detail)
+
+
+def _bound_check(claim: str, quantity: str, measured: float, bound: float, relation: str, rtol: float,
+                 must_hold: bool, detail: str) -> Check:
     if not math.isfinite(bound):
         verdict = INCONCLUSIVE
     elif not math.isfinite(measured):
         verdict = VIOLATED
+    elif relation == "<=":
+        verdict = HOLDS if measured <= bound * (1 + rtol) + 1e-12 else VIOLATED
     else:
         verdict = HOLDS if measured >= bound * (1 - rtol) - 1e-12 else VIOLATED
-    return Check(claim, quantity, float(measured), float(bound), verdict, must_hold, ">=",
+    return Check(claim, quantity, float(measured), float(bound), verdict, must_hold, relation,
                  _join(detail, f"rtol {rtol:g}" if rtol else ""))
 
 
