@@ -86,7 +86,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from analyses.common import AnalysisResult, check_at_least, check_at_most, check_between, check_close, scale_params
+from analyses.common import AnalysisResult, check_at_least, check_at_most, check_close, scale_params
 from analyses.layers import WeightLayer, layer_sigmas, weight_layers
 from analyses.probe import digits_batch, recorded_pass
 from gradscope.init import init_
