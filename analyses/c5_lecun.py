@@ -109,7 +109,7 @@ PARAMS = {
              "train": {"dataset": "digits", "image_size": 8, "iterations": 8, "batch_size": 32, "record_every": 1,
                        "lr_d": 1e-4, "lr_g": 1e-4}},
     "small": {"shapes": THEORY_SHAPES + SNDCGAN_SHAPES, "schemes": RMT_SCHEMES, "draws": 3, "inits": TRAIN_INITS,
-              "train": {"dataset": "digits", "image_size": 16, "iterations": 200, "batch_size": 64,
+              "train": {"dataset": "digits", "image_size": 16, "iterations": 150, "batch_size": 32,
                         "record_every": 5, "lr_d": 1e-4, "lr_g": 1e-4}},
     "paper": {"shapes": THEORY_SHAPES + SNDCGAN_SHAPES, "schemes": RMT_SCHEMES, "draws": 10, "inits": TRAIN_INITS,
               "train": {"dataset": "cifar10", "image_size": 32, "iterations": 20000, "batch_size": 64,
