@@ -588,3 +588,21 @@ def test_gradscope_normalizations_are_read_from_their_buffers(norm: str) -> None
             assert float(param.gamma.detach()) != 1.0  # it learned, and the recorder saw the new value
         else:
             assert (name, "gamma") not in got
+
+
+def test_schedule_predicts_repeating_phase_patterns() -> None:
+    from gradscope.record.schedule import Schedule
+
+    schedule = Schedule(every=2, exact_every=None, hessian_every=None, slopes_every=None)
+    pattern = ["d", "d", "d", "g"]  # n_dis = 3: only the first D update of a step is recorded
+    armed = []
+    for step in range(6):
+        for phase in pattern:
+            armed.append((step, phase, schedule.armed))
+            cheap = schedule.due(step)[0]
+            schedule.finish(step, phase, recorded=cheap and not schedule.done(step, phase))
+    # Once a step with a new number has begun the previous step's pattern is known, and collection
+    # matches recording exactly (before that the recorder errs on the side of collecting).
+    wanted = [(s, p, s % 2 == 0 and i in (0, 3)) for s in range(1, 6) for i, p in enumerate(pattern)]
+    assert armed[5:] == wanted[1:]
+    assert all(on for _, _, on in armed[:4])

@@ -18,6 +18,7 @@ from gradscope.record.hooks import Observer
 from gradscope.record.layers import Layer, discover_layers, normalize_models
 from gradscope.record.probes import hessian_top_eigenvalues, input_gradient_norms
 from gradscope.record.reader import ALERT_COLUMNS, Run, load_run, tidy_table
+from gradscope.record.schedule import Schedule
 from gradscope.record.stats import EXACT, SLOPE_SCALARS, resolve_stats, stats_for
 from gradscope.record.storage import RunWriter
 from gradscope.record.table import LAYER_COLUMNS, SCALAR_COLUMNS, step_rows
@@ -25,10 +26,6 @@ from gradscope.record.tensorboard import INSTALL_HINT, TensorBoardSink, tensorbo
 from gradscope.record.weights import add_exact_stats, add_weight_stats
 
 STATE_FORMAT = 1
-
-
-def _optional_every(what: str, value: int | None) -> int | None:
-    return None if value is None else check_int_at_least(what, value, 1)
 
 
 class Recorder:
@@ -91,17 +88,13 @@ class Recorder:
                  slopes_every: int | None = None, tensorboard: bool = False,
                  alert_printer: Callable[[str], None] | None = print_alert, start_step: int = 0) -> None:
         self.models = normalize_models(models)
-        self.every = check_int_at_least("every", every, 1)
-        self.exact_every = _optional_every("exact_every", exact_every)
-        self.hessian_every = _optional_every("hessian_every", hessian_every)
+        self.schedule = Schedule(every, exact_every, hessian_every, slopes_every, start_step)
+        self.every, self.exact_every = self.schedule.every, self.schedule.exact_every
+        self.hessian_every, self.slopes_every = self.schedule.hessian_every, self.schedule.slopes_every
         self.flush_every = check_int_at_least("flush_every", flush_every, 1)
-        self.device_sync_every = _optional_every("device_sync_every", device_sync_every) or self.flush_every
+        self.device_sync_every = self.flush_every if device_sync_every is None else \
+            check_int_at_least("device_sync_every", device_sync_every, 1)
         self.hessian_iterations = check_int_at_least("hessian_iterations", hessian_iterations, 1)
-        slopes_every = self.every if slopes_every is None else check_int_at_least("slopes_every", slopes_every, 1)
-        if slopes_every % self.every:
-            raise ValueError(f"slopes_every must be a multiple of every ({self.every}), got {slopes_every}")
-        self.slopes_every = slopes_every
-        check_int_at_least("start_step", start_step, 0)
         self.stats = resolve_stats(stats, self.exact_every is not None, self.hessian_every is not None)
         self._want = set(self.stats)
         self.layers: dict[str, list[Layer]] = discover_layers(self.models)
@@ -127,17 +120,11 @@ class Recorder:
         self._slopes: list[tuple[str, Tensor]] = []
         self._memory: dict[str, list[pd.DataFrame]] = {"layers": [], "scalars": []}
         self._memory_alerts: list[dict[str, Any]] = []
-        self._last_recorded: dict[str, int] = {}
-        self._last_step: int | None = None
-        self._cycle_prev: list[str] = []
-        self._cycle_cur: list[str] = []
-        self._cycle_step: int | None = None
-        self._explicit = False
         self._calls_since_flush = 0
         self._last_flush_step: int | None = None
         self._attached = False
         self._closed = False
-        self._arm(start_step, None)
+        self.observer.armed = self.schedule.armed
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def attach(self) -> "Recorder":
@@ -167,7 +154,7 @@ class Recorder:
         if self._tb is not None:
             self._tb.close()
         if self._owns_writer:
-            self.writer.set_status(state, step=self._last_step)
+            self.writer.set_status(state, step=self.schedule.last_step)
         self._closed = True
 
     def __enter__(self) -> "Recorder":
@@ -187,7 +174,7 @@ class Recorder:
     @property
     def collecting_slopes(self) -> bool:
         """Whether :meth:`record_input_gradients` will compute in the coming step (inputs need grad only then)."""
-        return self._slopes_armed
+        return self.schedule.slopes_armed
 
     @property
     def latest_alert(self) -> str | None:
@@ -197,43 +184,14 @@ class Recorder:
     def _device(self) -> torch.device:
         return self._by_uid[0].raw.device
 
-    # --- scheduling ------------------------------------------------------------------------------------
-    def _scheduled(self, step: int) -> tuple[bool, bool, bool]:
-        return (step % self.every == 0, self.exact_every is not None and step % self.exact_every == 0,
-                self.hessian_every is not None and step % self.hessian_every == 0)
-
-    def _done(self, step: int, phase: str | None) -> bool:
-        return phase is not None and phase in self._last_recorded and step <= self._last_recorded[phase]
-
-    def _arm(self, step: int, phase: str | None) -> None:
-        self.observer.armed = step % self.every == 0 and not self._done(step, phase)
-        self._slopes_armed = self.observer.armed and step % self.slopes_every == 0
-
     def begin(self, step: int, phase: str | None = None) -> None:
         """Announce the step about to run, so the hooks collect exactly when it will be recorded.
 
         Optional: without it the recorder predicts the next (step, phase) from
         the pattern of previous ``step()`` calls. Once used, call it before every step.
         """
-        check_int_at_least("step", step, 0)
-        self._explicit = True
-        self._arm(step, phase)
-
-    def _predict_next(self, step: int, phase: str) -> None:
-        if step != self._cycle_step:
-            self._cycle_prev, self._cycle_cur, self._cycle_step = self._cycle_cur, [], step
-        self._cycle_cur.append(phase)
-        if self._explicit:
-            self.observer.armed = self._slopes_armed = False
-            return
-        prev, cur = self._cycle_prev, self._cycle_cur
-        if not prev:  # first step: its remaining phases or the next step may come next
-            self.observer.armed = step % self.every == 0 or (step + 1) % self.every == 0
-            self._slopes_armed = self.observer.armed
-        elif len(cur) < len(prev) and prev[:len(cur)] == cur:
-            self._arm(step, prev[len(cur)])
-        else:
-            self._arm(step + 1, prev[0])
+        self.schedule.begin(step, phase)
+        self.observer.armed = self.schedule.armed
 
     # --- the per-step calls -------------------------------------------------------------------------
     def step(self, step: int, phase: str = "train") -> None:
@@ -248,16 +206,15 @@ class Recorder:
             raise ValueError(f"phase must be a non-empty string without commas, quotes or newlines, got {phase!r}")
         if not self._attached:
             raise ValueError("the recorder is not attached: call attach() or use it as a context manager")
-        cheap, exact, hessian = self._scheduled(step)
-        if (cheap or exact or hessian) and not self._done(step, phase):
-            nets = [net for net in self.models if net in self.observer.active]
-            if nets:
-                self._record(step, phase, nets, cheap, exact, hessian)
-            self._last_recorded[phase] = step
+        cheap, exact, hessian = self.schedule.due(step)
+        due = (cheap or exact or hessian) and not self.schedule.done(step, phase)
+        nets = [net for net in self.models if net in self.observer.active]
+        if due and nets:
+            self._record(step, phase, nets, cheap, exact, hessian)
         self.observer.reset_step()
         self._slopes = []
-        self._predict_next(step, phase)
-        self._last_step = step if self._last_step is None else max(step, self._last_step)
+        self.schedule.finish(step, phase, recorded=due)
+        self.observer.armed = self.schedule.armed
         self._calls_since_flush += 1
         if self._last_flush_step is None:
             self._last_flush_step = step
@@ -269,7 +226,7 @@ class Recorder:
     def _record(self, step: int, phase: str, nets: list[str], cheap: bool, exact: bool, hessian: bool) -> None:
         buffer = self.observer.buffer if cheap else StepBuffer()
         layers = [layer for net in nets for layer in self.layers[net]]
-        if cheap and step % self.slopes_every == 0:
+        if cheap and self.schedule.slopes_due(step):
             for kind, values in self._slopes:
                 names = [template.format(kind=kind) for template in SLOPE_SCALARS]
                 self._pending_scalars.append((step, names, values))
@@ -332,7 +289,7 @@ class Recorder:
         for name in kinds:
             if not isinstance(name, str) or not name or any(c in name for c in ",\n\r\""):
                 raise ValueError(f"kind must be a non-empty string without commas, quotes or newlines, got {name!r}")
-        if not self._slopes_armed:
+        if not self.schedule.slopes_armed:
             return None
         with self.paused():
             norms = input_gradient_norms(self.models[net], x, output)
@@ -413,12 +370,12 @@ class Recorder:
         self._sync()
         if self.writer is not None:
             self.writer.flush()
-        if self._tensorboard and self._last_step is not None:
+        if self._tensorboard and self.schedule.last_step is not None:
             board = self._board()
-            board.write_histograms(self._by_uid, self._last_step)
+            board.write_histograms(self._by_uid, self.schedule.last_step)
             board.flush()
         self._calls_since_flush = 0
-        self._last_flush_step = self._last_step
+        self._last_flush_step = self.schedule.last_step
 
     def _order_known(self, net: str) -> None:
         if self.writer is not None:
@@ -442,11 +399,7 @@ class Recorder:
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to resume recording exactly (flushes first, so disk and state agree)."""
         self.flush()
-        return {"format": STATE_FORMAT, "last_step": self._last_step, "last_recorded": dict(self._last_recorded),
-                "cycle_prev": list(self._cycle_prev), "cycle_cur": list(self._cycle_cur),
-                "cycle_step": self._cycle_step, "explicit": self._explicit, "armed": self.observer.armed,
-                "slopes_armed": self._slopes_armed,
-                "alerts": self.monitor.state_dict(),
+        return {"format": STATE_FORMAT, "schedule": self.schedule.state_dict(), "alerts": self.monitor.state_dict(),
                 "layer_order": {net: [layer.name for layer in sorted(layers, key=lambda x: x.order)]
                                 for net, layers in self.layers.items() if net in self.observer.order_known}}
 
@@ -454,12 +407,8 @@ class Recorder:
         """Restore :meth:`state_dict` and drop what the run directory holds beyond that state's last step."""
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             raise ValueError("not a gradscope Recorder state (wrong or missing 'format')")
-        self._last_step = state["last_step"]
-        self._last_recorded = {str(k): int(v) for k, v in state["last_recorded"].items()}
-        self._cycle_prev, self._cycle_cur = list(state["cycle_prev"]), list(state["cycle_cur"])
-        self._cycle_step, self._explicit = state["cycle_step"], bool(state["explicit"])
-        self.observer.armed = bool(state["armed"])
-        self._slopes_armed = bool(state["slopes_armed"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.observer.armed = self.schedule.armed
         self.monitor.load_state_dict(state["alerts"])
         for net, names in state["layer_order"].items():
             if net not in self.layers:
@@ -468,7 +417,7 @@ class Recorder:
             for layer in self.layers[net]:
                 layer.order = position.get(layer.name, len(position) + layer.order)
             self.observer.order_known.add(net)
-        self._pending, self._pending_scalars, self._last_flush_step = [], [], self._last_step
-        self._purge_step = None if self._last_step is None else self._last_step + 1
+        self._pending, self._pending_scalars, self._last_flush_step = [], [], self.schedule.last_step
+        self._purge_step = None if self.schedule.last_step is None else self.schedule.last_step + 1
         if self.writer is not None:
-            self.writer.truncate_after(self._last_step)
+            self.writer.truncate_after(self.schedule.last_step)
