@@ -289,7 +289,7 @@ def plot_random_matrices(table: pd.DataFrame):
 def plot_training(table: pd.DataFrame, final: pd.DataFrame):
     """Per init: every D layer's fan_in Var(W_eff) relative to the SN prediction, SN vs no normalization."""
     inits = list(dict.fromkeys(table["init"]))
-    fig, axes = style.new_figure(1, len(inits), panel_size=(3.0, 2.6), sharey=True,
+    fig, axes = style.new_figure(1, len(inits), panel_size=(max(3.0, 6.4 / len(inits)), 2.8), sharey=True,
                                  title="C5: fan_in Var(W_eff) / (1+sqrt(m/n))^-2 per D layer during training")
     for col, init in enumerate(inits):
         ax = axes[0, col]
@@ -306,7 +306,7 @@ def plot_training(table: pd.DataFrame, final: pd.DataFrame):
                    label=f"prediction +-{TRAINED_TOLERANCE:.0%}")
         ax.axhline(1.0, color=style.THEORY_COLOR, linestyle="--", linewidth=1)
         style.label_axes(ax, "D update (step)", "ratio / SN prediction", f"{init} init", logy=True)
-    style.figure_legend(fig, axes[0, 0], ncol=3)
+    style.figure_legend(fig, axes[0, 0], ncol=2 if len(inits) == 1 else 4)
     return fig
 
 

@@ -133,6 +133,17 @@ def label_axes(ax: Axes, xlabel: str, ylabel: str, title: str | None = None, *,
         ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
+    _quiet_minor_labels(ax)
+
+
+def _quiet_minor_labels(ax: Axes) -> None:
+    # matplotlib labels minor log ticks on short ranges; beyond a decade they collide with the major labels
+    from matplotlib.ticker import NullFormatter
+
+    for axis, limits in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        low, high = sorted(limits)
+        if axis.get_scale() == "log" and low > 0 and high / low >= 10:
+            axis.set_minor_formatter(NullFormatter())
 
 
 def wants_log(values: Iterable[float], decades: float = 1.5) -> bool:
