@@ -17,6 +17,7 @@ from gradscope.linalg import (
     conv_geometry_of,
     conv_operator_matrix,
     conv_operator_norm,
+    kernel_gradient,
     lanczos,
     power_iteration,
     power_step_,
@@ -132,6 +133,33 @@ def test_conv_apply_and_adjoint_match_the_oracle_matrix(case):
     np.testing.assert_allclose(adjoint_rows.T, oracle.T, atol=1e-12)
 
 
+TRANSPOSED_CASES = [  # (weight shape, input size, stride, padding, dilation, output_padding, groups)
+    ((3, 2, 3), (5,), 2, 1, 1, 1, 1),
+    ((2, 3, 4, 4), (3, 3), 2, 1, 1, 0, 1),
+    ((2, 2, 3, 3), (3, 4), 2, 1, 1, (1, 0), 1),
+    ((4, 1, 3, 3), (3, 3), 1, 0, 2, 1, 2),
+    ((2, 2, 3, 3), (4, 4), 1, 1, 1, 0, 1),
+]
+
+
+def _all_geometries():
+    for shape, size, stride, padding, dilation, mode, groups in CONV_CASES:
+        yield conv_geometry(shape, size, stride, padding, dilation, mode, groups=groups)
+    for shape, size, stride, padding, dilation, output_padding, groups in TRANSPOSED_CASES:
+        yield conv_geometry(shape, size, stride, padding, dilation, transposed=True, output_padding=output_padding,
+                            groups=groups)
+
+
+@pytest.mark.parametrize("geom", list(_all_geometries()), ids=lambda g: f"{g.ndim}d-{g.padding_mode}-t{g.transposed}")
+def test_kernel_gradient_is_the_autograd_gradient_of_the_bilinear_form(geom):
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(geom.weight_shape, generator=gen, dtype=DT, requires_grad=True)
+    u = torch.randn(geom.output_shape, generator=gen, dtype=DT)
+    v = torch.randn(geom.input_shape, generator=gen, dtype=DT)
+    (expected,) = torch.autograd.grad((u * conv_apply(w, v, geom)).sum(), w)
+    torch.testing.assert_close(kernel_gradient(u, v, geom), expected)
+
+
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{len(c[0]) - 2}d-{c[5]}-s{c[2]}-p{c[3]}")
 def test_conv_operator_norm_matches_the_oracle_for_every_method(case):
     w, geom, oracle = _case(*case)
@@ -145,13 +173,7 @@ def test_conv_operator_norm_matches_the_oracle_for_every_method(case):
         assert float(got) <= expected * (1 + 1e-12), method  # iterative estimates are lower bounds
 
 
-@pytest.mark.parametrize("shape,size,stride,padding,dilation,output_padding,groups", [
-    ((3, 2, 3), (5,), 2, 1, 1, 1, 1),
-    ((2, 3, 4, 4), (3, 3), 2, 1, 1, 0, 1),
-    ((2, 2, 3, 3), (3, 4), 2, 1, 1, (1, 0), 1),
-    ((4, 1, 3, 3), (3, 3), 1, 0, 2, 1, 2),
-    ((2, 2, 3, 3), (4, 4), 1, 1, 1, 0, 1),
-])
+@pytest.mark.parametrize("shape,size,stride,padding,dilation,output_padding,groups", TRANSPOSED_CASES)
 def test_transposed_conv_operator_matches_the_scatter_oracle(shape, size, stride, padding, dilation,
                                                               output_padding, groups):
     w = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=DT)

@@ -338,6 +338,15 @@ def test_eval_mode_leaves_buffers_unchanged(norm):
     assert_same_buffers(buffers(d), before)
 
 
+def test_a_model_normalized_in_eval_mode_stays_in_eval_mode():
+    d = small_d().eval()
+    normalize(d, "bsn")
+    before = buffers(d)
+    d(images())
+    assert_same_buffers(buffers(d), before)
+    assert not any(m.training for m in d.modules())
+
+
 @pytest.mark.parametrize("norm", NORMALIZING)
 def test_training_forward_advances_the_vectors(norm):
     d = _normalized(norm)

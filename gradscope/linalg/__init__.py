@@ -13,6 +13,7 @@ from gradscope.linalg.conv import (
     conv_geometry,
     conv_geometry_of,
     conv_operator_matrix,
+    kernel_gradient,
 )
 from gradscope.linalg.operator_norm import METHODS, circular_singular_values, conv_operator_norm, default_tol
 from gradscope.linalg.power import TopSingular, lanczos, normalize_into_, power_iteration, power_step_
@@ -21,6 +22,6 @@ from gradscope.linalg.reshape import forward_dim, reshape_norms, reshape_weight,
 __all__ = [
     "METHODS", "PADDING_MODES", "ConvGeometry", "TopSingular", "circular_singular_values",
     "conv_adjoint", "conv_apply", "conv_geometry", "conv_geometry_of", "conv_operator_matrix",
-    "conv_operator_norm", "default_tol", "forward_dim", "lanczos", "normalize_into_", "power_iteration", "power_step_",
+    "conv_operator_norm", "default_tol", "forward_dim", "kernel_gradient", "lanczos", "normalize_into_", "power_iteration", "power_step_",
     "reshape_norms", "reshape_weight", "rmt_spectral_norm",
 ]

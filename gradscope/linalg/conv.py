@@ -64,6 +64,13 @@ class ConvGeometry:
         return (1, self.out_channels, *self.output_size)
 
     @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """Shape of the kernel: ``(c_out, c_in/groups, *k)``, or ``(c_in, c_out/groups, *k)`` if transposed."""
+        first, second = (self.in_channels, self.out_channels) if self.transposed else (
+            self.out_channels, self.in_channels)
+        return (first, second // self.groups, *self.kernel_size)
+
+    @property
     def fft_diagonalizable(self) -> bool:
         """Circular padding, stride 1 and output size = input size: a block-circulant operator."""
         return (not self.transposed and self.padding_mode == "circular"
@@ -250,6 +257,33 @@ def conv_adjoint(weight: Tensor, y: Tensor, geom: ConvGeometry) -> Tensor:
     z = _CONV_T[nd](y, weight, None, geom.stride, pads, geom._adjoint_output_padding(pads), geom.groups,
                     geom.dilation)
     return z if native is not None else _pad_adjoint(z, geom)
+
+
+def kernel_gradient(u: Tensor, v: Tensor, geom: ConvGeometry) -> Tensor:
+    """Gradient of the bilinear form ``<u, conv_apply(W, v)>`` w.r.t. the kernel ``W``.
+
+    The form is linear in ``W``, so this does not depend on ``W``: ``<u, conv_apply(W, v)>
+    == (W * kernel_gradient(u, v, geom)).sum()`` for every kernel. One weight-gradient
+    convolution; no autograd graph is recorded for ``u`` or ``v``.
+
+    Examples
+    --------
+    >>> g = conv_geometry((4, 2, 3, 3), 6, padding=1)
+    >>> w, u, v = torch.randn(4, 2, 3, 3), torch.randn(1, 4, 6, 6), torch.randn(1, 2, 6, 6)
+    >>> bool(torch.isclose((u * conv_apply(w, v, g)).sum(), (w * kernel_gradient(u, v, g)).sum(), rtol=1e-4))
+    True
+    """
+    native = geom._native_padding
+    if geom.transposed:
+        x, pads, out_pad = v, tuple(lo for lo, _ in geom.padding), geom.output_padding
+    elif native is not None:
+        x, pads, out_pad = v, native, (0,) * geom.ndim
+    else:
+        x, pads, out_pad = F.pad(v, geom._pad_arg(), mode=geom._pad_mode()), (0,) * geom.ndim, (0,) * geom.ndim
+    weight = u.new_empty(1).expand(geom.weight_shape)  # only its shape is read
+    return torch.ops.aten.convolution_backward(
+        u, x, weight, None, geom.stride, pads, geom.dilation, geom.transposed, out_pad, geom.groups,
+        (False, True, False))[1]
 
 
 def conv_operator_matrix(weight: Tensor, geom: ConvGeometry) -> Tensor:

@@ -150,4 +150,5 @@ def normalize(model: nn.Module, norm: str = "sn", scale: float = 1.0, *, n_power
             param.attach(module)
         if gamma is not None and module.bias is not None:
             parametrize.register_parametrization(module, "bias", GammaScaling(gamma))
+        module.parametrizations.train(module.training)  # a model normalized in eval mode stays in eval mode
     return model

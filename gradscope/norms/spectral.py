@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradscope.linalg import forward_dim, power_step_, reshape_weight
-from gradscope.linalg.power import LinearMap
 from gradscope.norms.base import SpectralParametrization
 
 WARMUP_ITERATIONS = 15  # at registration, as torch.nn.utils.parametrizations.spectral_norm
@@ -21,26 +20,19 @@ def initial_singular_vectors(mat: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return u, v
 
 
-def estimate_sigma(apply: LinearMap, adjoint: LinearMap, u: Tensor, v: Tensor, n_iterations: int,
-                   eps: float) -> Tensor:
-    """Advance ``u``, ``v`` in place by ``n_iterations`` power steps, then return ``<u, A v>``.
+def matrix_sigma(mat: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps: float) -> Tensor:
+    """Advance ``u``, ``v`` in place by ``n_iterations`` power steps, then return ``u^T mat v``.
 
-    ``apply`` may close over a weight that requires grad: the power steps run
-    without autograd, and the result is differentiable w.r.t. that weight (not
-    through ``u``, ``v``), as in Miyato et al. and torch. ``u`` and ``v`` are
-    cloned before use so that a second forward (``D(real)`` then ``D(fake)``)
-    can update them in place without invalidating the first one's graph.
+    The power steps run without autograd; the result is differentiable w.r.t.
+    ``mat`` (not through ``u``, ``v``), as in Miyato et al. and torch. ``u`` and
+    ``v`` are cloned before use so that a second forward (``D(real)`` then
+    ``D(fake)``) can update them in place without invalidating the first one's graph.
     """
     if n_iterations:
-        power_step_(apply, adjoint, u, v, n_iterations, eps)
+        power_step_(lambda x: torch.mv(mat, x), lambda y: torch.mv(mat.t(), y), u, v, n_iterations, eps)
     u = u.clone(memory_format=torch.contiguous_format)
     v = v.clone(memory_format=torch.contiguous_format)
-    return torch.vdot(u.flatten(), apply(v).flatten())
-
-
-def matrix_sigma(mat: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps: float) -> Tensor:
-    """:func:`estimate_sigma` for a matrix: ``u^T mat v`` after ``n_iterations`` power steps."""
-    return estimate_sigma(lambda x: torch.mv(mat, x), lambda y: torch.mv(mat.t(), y), u, v, n_iterations, eps)
+    return torch.vdot(u, torch.mv(mat, v))
 
 
 class ScaledParametrization(SpectralParametrization):

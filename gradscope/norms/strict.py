@@ -16,10 +16,12 @@ from gradscope.linalg import (
     conv_apply,
     conv_geometry,
     forward_dim,
+    kernel_gradient,
     lanczos,
+    power_step_,
     reshape_weight,
 )
-from gradscope.norms.spectral import ScaledParametrization, estimate_sigma, initial_singular_vectors, matrix_sigma
+from gradscope.norms.spectral import ScaledParametrization, initial_singular_vectors, matrix_sigma
 
 WARMUP_TOL = 1e-3
 WARMUP_MAX_ITER = 64
@@ -33,7 +35,7 @@ class StrictSpectralNorm(ScaledParametrization):
     like ``sn``'s, by ``n_power_iterations`` power steps per training forward
     (the convolution and its exact adjoint) from persistent input-shaped ``v``
     and output-shaped ``u`` buffers, and ``sigma = <u, conv_W(v)>`` is
-    differentiable w.r.t. ``W``. The reshape norm ``sigma_fwd`` is tracked too
+    differentiable w.r.t. ``W`` (not through ``u``, ``v``), as in ``sn``. The reshape norm ``sigma_fwd`` is tracked too
     (own vectors, not differentiated) for comparison with ``sn``.
 
     The input size is given (``input_size``) or taken from the layer's first
@@ -163,8 +165,14 @@ class StrictSpectralNorm(ScaledParametrization):
         """Return the weight divided by the operator-norm estimate (advancing ``u``, ``v`` in training)."""
         geom = self.geometry()
         n = self._iterations()
-        sigma = estimate_sigma(partial(conv_apply, weight, geom=geom), partial(conv_adjoint, weight, geom=geom),
-                               self.u, self.v, n, self.eps)
+        if n:
+            power_step_(partial(conv_apply, weight, geom=geom), partial(conv_adjoint, weight, geom=geom),
+                        self.u, self.v, n, self.eps)
+        # sigma = <u, conv_W(v)> = <W, G(u, v)>: one weight-gradient convolution instead of a
+        # differentiable forward conv plus its backward; G is a fresh tensor (no clone needed).
+        with torch.no_grad():
+            direction = kernel_gradient(self.u, self.v, geom)
+        sigma = torch.vdot(weight.flatten(), direction.flatten())
         with torch.no_grad():
             self.sigma_fwd.copy_(matrix_sigma(reshape_weight(weight, self.dim_fwd), self.u_fwd, self.v_fwd, n,
                                               self.eps))
