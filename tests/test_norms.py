@@ -209,6 +209,16 @@ def test_strict_takes_input_size_from_first_forward_or_argument():
     assert float(parametrization_of(given[2]).sigma) == pytest.approx(float(sigma_given), rel=0.05)
 
 
+@pytest.mark.parametrize("norm", ["sn", "bsn", "strict", "sn-diff-gamma"])
+def test_first_forward_under_inference_mode_then_training(norm):
+    d = normalize(small_d(), norm).eval()
+    with torch.inference_mode():
+        d(images())
+    d.train()
+    train_steps(d, steps=2)
+    assert not any(b.is_inference() for b in d.buffers())
+
+
 def test_strict_conv_transpose_with_output_size_argument():
     torch.manual_seed(0)
     layer = nn.ConvTranspose2d(2, 3, 3, 2, 1).double()

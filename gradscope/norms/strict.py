@@ -130,6 +130,7 @@ class StrictSpectralNorm(ScaledParametrization):
         return self._geometry_cache[1]
 
     @torch.no_grad()
+    @torch.inference_mode(False)  # buffers born in a first forward under inference_mode must stay updatable
     def materialize(self, weight: Tensor, input_size: int | Sequence[int],
                     output_padding: Sequence[int] | None = None) -> None:
         """Fix the input size and start ``u``, ``v`` from a Lanczos estimate of the top singular pair."""
