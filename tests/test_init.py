@@ -10,6 +10,8 @@ from scipy import stats
 from torch import nn
 from torch.nn.utils import parametrizations
 
+from gradscope.norms import normalize, raw_weight
+
 from gradscope.init import (
     INIT_SCHEMES,
     Fans,
@@ -172,6 +174,13 @@ def test_parametrized_layer_initializes_raw_weight() -> None:
     raw = layer.parametrizations.weight.original.detach()
     assert raw.var().item() == pytest.approx(1 / (256 * 16), rel=REL_TOL)
     assert torch.count_nonzero(layer.bias) == 0
+
+
+def test_gradscope_normalized_layer_initializes_raw_weight() -> None:
+    model = normalize(nn.Sequential(nn.ConvTranspose2d(512, 256, 4, stride=2), nn.ReLU()), norm="bsn")
+    init_(model, "kaiming", generator=torch.Generator().manual_seed(6))
+    raw = raw_weight(model[0]).detach()
+    assert raw.var().item() == pytest.approx(2 / (512 * 16 / 4), rel=REL_TOL)
 
 
 def test_leaves_other_modules_and_is_reproducible() -> None:

@@ -18,6 +18,7 @@ from gradscope.models import (
     SNDCGANGenerator,
     build_pair,
 )
+from gradscope.norms import NORMS, SCALED_NORMS, normalize, parametrization_of
 
 # THEORY.md, "Reference setup": (kernel, stride, out channels) of the SNDCGAN discriminator.
 THEORY_D = [(3, 1, 64), (4, 2, 64), (3, 1, 128), (4, 2, 128), (3, 1, 256), (4, 2, 256), (3, 1, 512)]
@@ -217,3 +218,20 @@ def test_build_pair() -> None:
 def test_bad_input(make, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_every_normalization_applies_to_the_discriminators(norm: str) -> None:
+    torch.manual_seed(0)
+    scale = 1.5 if norm in SCALED_NORMS else 1.0
+    cases = [(SNDCGANDiscriminator(16), torch.randn(2, 3, 16, 16)), (MLPDiscriminator(), torch.randn(5, 2))]
+    if norm == "sn":  # strict on the ResNet works too, but its start-up Lanczos costs seconds per conv
+        cases.append((ResNetDiscriminator(32, channels=1), torch.randn(2, 1, 32, 32)))
+    for D, x in cases:
+        layers = [m for m in D.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        normalize(D, norm=norm, scale=scale)
+        out = D(x)
+        assert out.shape == (x.shape[0],) and torch.isfinite(out).all()
+        out.sum().backward()
+        params = [parametrization_of(m) for m in layers]
+        assert all(p is None for p in params) if norm == "none" else all(p is not None for p in params)
