@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import nn
 
 from gradscope._checks import check_choice
-from gradscope.models.base import LatentGenerator
+from gradscope.models.base import ImageGenerator, LatentGenerator
 from gradscope.models.mlp import MLP_DEFAULT_Z_DIM, MLPDiscriminator, MLPGenerator
 from gradscope.models.resnet import RESNET_IMAGE_SIZES, ResNetDiscriminator, ResNetGenerator
 from gradscope.models.sndcgan import SNDCGAN_D_CONVS, SNDCGANDiscriminator, SNDCGANGenerator
@@ -25,7 +25,7 @@ ARCHS: tuple[str, ...] = ("sndcgan", "resnet", "mlp")
 IMAGE_Z_DIM = 128
 
 __all__ = [
-    "ARCHS", "LatentGenerator", "MLPDiscriminator", "MLPGenerator", "RESNET_IMAGE_SIZES", "ResNetDiscriminator",
+    "ARCHS", "ImageGenerator", "LatentGenerator", "MLPDiscriminator", "MLPGenerator", "RESNET_IMAGE_SIZES", "ResNetDiscriminator",
     "ResNetGenerator", "SNDCGAN_D_CONVS", "SNDCGANDiscriminator", "SNDCGANGenerator", "build_pair",
 ]
 

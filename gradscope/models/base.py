@@ -52,3 +52,12 @@ class LatentGenerator(nn.Module):
             return torch.randn(n, self.z_dim, device=device, dtype=dtype)
         z = torch.randn(n, self.z_dim, generator=generator, device=generator.device, dtype=dtype)
         return z.to(device)
+
+
+class ImageGenerator(LatentGenerator):
+    """A generator of square images ``(channels, image_size, image_size)``; subclasses validate the size."""
+
+    def __init__(self, image_size: int, channels: int, z_dim: int) -> None:
+        check_int_at_least("channels", channels, 1)
+        super().__init__(z_dim, (channels, image_size, image_size))
+        self.image_size, self.channels = image_size, channels

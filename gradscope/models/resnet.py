@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from gradscope._checks import check_int_at_least
 from gradscope.init import init_
-from gradscope.models.base import LatentGenerator
+from gradscope.models.base import ImageGenerator
 
 RESNET_IMAGE_SIZES: tuple[int, ...] = (32, 128)
 #: image_size -> [(out_channels, downsample)] of the discriminator's blocks; the first is the optimized block.
@@ -144,7 +144,7 @@ class ResNetDiscriminator(nn.Module):
         return self.linear(pooled).squeeze(1)
 
 
-class ResNetGenerator(LatentGenerator):
+class ResNetGenerator(ImageGenerator):
     """Miyato et al.'s ResNet generator: ``z -> images`` in ``[-1, 1]``.
 
     Parameters
@@ -164,10 +164,7 @@ class ResNetGenerator(LatentGenerator):
     """
 
     def __init__(self, image_size: int = 32, channels: int = 3, z_dim: int = 128) -> None:
-        _check_size(image_size)
-        check_int_at_least("channels", channels, 1)
-        super().__init__(z_dim, (channels, image_size, image_size))
-        self.image_size, self.channels = image_size, channels
+        super().__init__(_check_size(image_size), channels, z_dim)
         self.base_channels = RESNET_G_BASE[image_size]
         self.linear = nn.Linear(z_dim, self.base_channels * RESNET_G_BOTTOM**2)
         blocks, in_channels = [], self.base_channels

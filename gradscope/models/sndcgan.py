@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from gradscope._checks import check_int_at_least, check_positive
 from gradscope.init import init_
-from gradscope.models.base import LatentGenerator
+from gradscope.models.base import ImageGenerator
 
 #: (kernel, stride, out_channels) of the discriminator's convolutions, in order.
 SNDCGAN_D_CONVS: tuple[tuple[int, int, int], ...] = (
@@ -104,7 +104,7 @@ class SNDCGANDiscriminator(nn.Module):
         return self.linear(self.features(x).flatten(1)).squeeze(1)
 
 
-class SNDCGANGenerator(LatentGenerator):
+class SNDCGANGenerator(ImageGenerator):
     """The SNDCGAN generator: ``z (batch, z_dim) -> images (batch, channels, n, n)`` in ``[-1, 1]``.
 
     Parameters
@@ -124,10 +124,7 @@ class SNDCGANGenerator(LatentGenerator):
     """
 
     def __init__(self, image_size: int = 32, channels: int = 3, z_dim: int = 128) -> None:
-        check_sndcgan_image_size(image_size)
-        check_int_at_least("channels", channels, 1)
-        super().__init__(z_dim, (channels, image_size, image_size))
-        self.image_size, self.channels = image_size, channels
+        super().__init__(check_sndcgan_image_size(image_size), channels, z_dim)
         self.base_size = image_size // 8
         base_features = SNDCGAN_G_BASE_CHANNELS * self.base_size**2
         self.stem = nn.Sequential(nn.Linear(z_dim, base_features), nn.BatchNorm1d(base_features), nn.ReLU())
