@@ -189,10 +189,15 @@ def test_report_is_self_contained_html(runs, tmp_path):
         build_report([], [])
 
 
-def test_report_command_writes_the_file(runs, tmp_path):
+def test_report_command_writes_the_file(runs, tmp_path, capsys):
     out = tmp_path / "r" / "report.html"
-    argv = [*map(str, runs[:1]), "-o", str(out), "--figures", "losses"]
-    assert cli.main(["report", *argv]) == 0 and out.read_text().startswith("<!DOCTYPE html>")
+    analysis = _analysis_dir(tmp_path)
+    argv = [str(runs[0]), str(analysis.parent), "-o", str(out), "--figures", "losses"]
+    assert cli.main(["report", *argv]) == 0
+    text = out.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "planted quantity" in text and "Theory checks" in text
+    assert cli.main(["report", str(tmp_path / "nothing"), "-o", str(out)]) == 2
+    assert "no run or analysis directory" in capsys.readouterr().err
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

@@ -1,6 +1,8 @@
 """Write one self-contained HTML report of runs and analysis verdicts (figures embedded).
 
-Sub-command ``gradscope report RUN_DIR ... -o report.html [--analyses DIR ...]``.
+Sub-command ``gradscope report DIR ... -o report.html``. Each DIR is a run
+directory (``gradscope run``) or an analysis output (``gradscope reproduce
+--out OUT``: ``OUT`` itself or ``OUT/c5``), told apart by its ``result.json``.
 The file has no external references: open it anywhere, offline.
 """
 from __future__ import annotations
@@ -9,13 +11,13 @@ import argparse
 from pathlib import Path
 
 from gradscope.plot.cli import parse_figures
-from gradscope.plot.report import write_report
+from gradscope.plot.report import find_analyses, write_report
 from gradscope.plot.runs import FIGURES
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``gradscope report``."""
-    parser.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run directories")
+    parser.add_argument("runs", nargs="*", metavar="DIR", help="run directories and analysis output directories")
     parser.add_argument("-o", "--out", type=Path, default=Path("report.html"), help="output HTML file")
     parser.add_argument("--analyses", nargs="+", default=[], metavar="DIR",
                         help="analysis output directories (from reproduce/check --out) whose verdicts to include")
@@ -26,10 +28,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def execute(args: argparse.Namespace) -> int:
     """Write the report; print its path; return 0."""
+    runs, analyses = [], list(args.analyses)
     for path in args.runs:
         if not Path(path).is_dir():
-            raise FileNotFoundError(f"no run directory {path}")
-    path = write_report(args.out, args.runs, args.analyses, title=args.title, net=args.net,
+            raise FileNotFoundError(f"no run or analysis directory {path}")
+        (analyses if find_analyses([path]) else runs).append(path)
+    path = write_report(args.out, runs, analyses, title=args.title, net=args.net,
                         figures=parse_figures(args.figures))
     print(path)
     return 0
