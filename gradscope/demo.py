@@ -187,7 +187,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=32, help="discriminator input size (multiple of 8)")
     parser.add_argument("--channels", type=int, default=3, help="discriminator input channels")
     parser.add_argument("--scale", type=float, default=DEFAULT_SCALE,
-                        help="constant c of ssn/bssn (default: Kaiming's gain for leaky-ReLU slope 0.1)")
+                        help="constant c of ssn/bssn; the default is Kaiming's gain sqrt(2/(1+0.1^2)) for leaky-ReLU slope 0.1")
     parser.add_argument("--init", default="dcgan", choices=INIT_SCHEMES, help="initialization of the raw weights")
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
                         help="training-mode forward passes to converge the power iterations")
