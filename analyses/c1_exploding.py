@@ -108,6 +108,30 @@ PARAMS = {
 
 # ----------------------------------------------------------------------------- networks and inputs
 
+def _plain_layer(module: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:
+    """A fresh, un-parametrized layer of ``module``'s original type holding ``weight`` and ``bias``.
+
+    Parametrized modules are rebuilt rather than un-parametrized in place:
+    ``remove_parametrizations`` edits the module's class, which a deep copy
+    shares with the original model.
+    """
+    cls = parametrize.type_before_parametrizations(module)
+    with_bias = bias is not None
+    if issubclass(cls, nn.Linear):
+        layer = cls(module.in_features, module.out_features, bias=with_bias)
+    elif issubclass(cls, nn.modules.conv._ConvTransposeNd):
+        layer = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                    module.output_padding, module.groups, with_bias, module.dilation, module.padding_mode)
+    else:
+        layer = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                    module.dilation, module.groups, with_bias, module.padding_mode)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if with_bias:
+            layer.bias.copy_(bias)
+    return layer
+
+
 def plain_discriminator(model: nn.Module, *, biases: bool = False, raw: bool = False) -> nn.Module:
     """A float64 copy of ``model`` computing with its effective weights, without parametrizations.
 
@@ -115,7 +139,7 @@ def plain_discriminator(model: nn.Module, *, biases: bool = False, raw: bool = F
     (``scale * gamma * W / sigma`` from its buffers, no power-iteration step),
     or its raw, un-normalized weight with ``raw=True``; a gamma-scaled bias
     becomes ``gamma * b``. ``biases=False`` removes every Linear/Conv bias (the
-    networks of claims C1-C3 are bias-free).
+    networks of claims C1-C3 are bias-free). ``model`` is not modified.
 
     Examples
     --------
@@ -126,19 +150,13 @@ def plain_discriminator(model: nn.Module, *, biases: bool = False, raw: bool = F
     if not isinstance(model, nn.Module):
         raise ValueError(f"expected an nn.Module, got {type(model).__name__}")
     clone = copy.deepcopy(model).eval()
-    for module in clone.modules():
+    for name, module in list(clone.named_modules()):
         if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
             continue
-        if parametrize.is_parametrized(module, "weight"):
-            weight = raw_weight(module).detach() if raw else effective_weight(module)
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-            module.weight.data = weight
-        if parametrize.is_parametrized(module, "bias"):
-            bias = module.bias.detach()
-            parametrize.remove_parametrizations(module, "bias", leave_parametrized=False)
-            module.bias.data = bias
-        if not biases and module.bias is not None:
-            module.register_parameter("bias", None)
+        weight = raw_weight(module).detach() if raw else effective_weight(module)
+        bias = module.bias.detach() if biases and module.bias is not None else None
+        parent, _, child = name.rpartition(".")
+        setattr(clone.get_submodule(parent) if parent else clone, child, _plain_layer(module, weight, bias))
     return clone.to(DTYPE).requires_grad_(True)
 
 

@@ -1,0 +1,82 @@
+"""C3: HVP Hessian norms against the dense Hessian, the derived curvature identity and bounds; tiny run."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from analyses import c3_curvature as c3
+from analyses.c1_exploding import plain_discriminator
+from test_c1 import single_thread  # noqa: F401  (autouse: one intra-op thread)
+
+
+def _small_net(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(3, 5, bias=False), nn.LeakyReLU(0.1), nn.Linear(5, 4, bias=False), nn.LeakyReLU(0.1),
+                        nn.Linear(4, 1, bias=False))
+    return plain_discriminator(net, raw=True), torch.randn(3, 3, dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    return c3.run("tiny", tmp_path_factory.mktemp("c3"), seed=0)
+
+
+def test_tiny_run_holds_and_the_gap_free_constant_fails_for_exact_sn(result):
+    assert result.ok, [c for c in result.checks if not c.ok]
+    must = [c for c in result.checks if c.must_hold]
+    assert len(must) == 6 and all(c.verdict == "holds" for c in must)
+    planted = [c for c in result.checks if c.quantity.startswith("planted:")]
+    assert len(planted) == 1 and planted[0].verdict == "violated" and planted[0].measured > 10
+    table = result.tables["c3_hessian"]
+    assert table["converged"].all() and set(table["state"]) == {"init", "trained-sn"}
+    assert all(0 < p.stat().st_size < 300 * 1024 for p in result.figures)
+
+
+@pytest.mark.parametrize("mode", c3.SN_MODES)
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_hvp_norm_matches_the_dense_hessian(mode, method):
+    raw_net, x = _small_net()
+    normalized, _ = c3.normalized_copy(raw_net, x[:1], "popular")
+    raw = raw_net[2].weight.detach()
+    objective = c3.layer_objective(normalized, "2", raw, x, mode)
+    dense = float(torch.linalg.eigvalsh(c3.dense_hessian(objective, raw)).abs().max())
+    norm, _, converged = c3.hessian_norm(objective, raw, method=method, tol=1e-10, max_iter=5000)
+    assert converged and norm == pytest.approx(dense, rel=1e-6)
+
+
+def test_power_sn_curvature_identity_against_autograd():
+    # E^T H E = (-2 a <G, E> + 2 a^2 D) / sigma^2 with a = u^T E v, u and v held constant.
+    raw_net, x = _small_net(3)
+    normalized, _ = c3.normalized_copy(raw_net, x[:1], "popular")
+    raw = raw_net[0].weight.detach()
+    objective = c3.layer_objective(normalized, "0", raw, x, "power")
+    sigma, u, v = c3.top_singular_pair(raw)
+    value = objective(raw)
+    leaf = normalized[0].weight
+    (G,) = torch.autograd.grad(normalized(x).mean(), leaf)
+    hvp = c3.hessian_operator(objective, raw)
+    for seed in range(3):
+        E = torch.randn(raw.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        E /= torch.linalg.vector_norm(E)
+        a = u @ E @ v
+        expected = (-2 * a * (G * E).sum() + 2 * a**2 * value) / sigma**2
+        assert float((E * hvp(E)).sum()) == pytest.approx(float(expected.detach()), rel=1e-9, abs=1e-14)
+
+
+def test_bounds_hold_for_both_modes_on_random_nets():
+    for seed in range(3):
+        raw_net, x = _small_net(seed)
+        table = c3.curvature_rows(raw_net, x, c3.SN_MODES, dense=True)
+        assert (table["ratio_data"] <= 1 + 1e-9).all() and (table["ratio"] <= 1 + 1e-9).all()
+        assert (table["hessian_norm"] - table["hessian_norm_dense"]).abs().max() < 1e-8
+
+
+def test_exact_sn_curvature_grows_as_the_gap_closes():
+    norms = []
+    for gap in (1e-1, 1e-2, 1e-3):
+        net, raw, x = c3.near_degenerate_net(gap)
+        norms.append(c3.hessian_norm(c3.layer_objective(net, "0", raw, x, "exact"), raw)[0])
+    assert norms[1] > 5 * norms[0] and norms[2] > 5 * norms[1]
+    with pytest.raises(ValueError, match="valid choices"):
+        c3.layer_objective(net, "0", raw, x, "svd")

@@ -1,0 +1,59 @@
+"""C4: the equal-allocation optimum against scipy and AM-GM; comparison verdicts; tiny run."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from analyses import c4_gamma as c4
+from test_c1 import single_thread  # noqa: F401  (autouse: one intra-op thread)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    return c4.run("tiny", tmp_path_factory.mktemp("c4"), seed=0)
+
+
+def test_tiny_run_math_holds_and_training_is_not_judged(result):
+    assert result.ok, [c for c in result.checks if not c.ok]
+    must = [c for c in result.checks if c.must_hold]
+    assert len(must) == 4 and all(c.verdict == "holds" for c in must)
+    soft = [c for c in result.checks if not c.must_hold]
+    assert soft and all(c.verdict == "inconclusive" for c in soft)  # 40 iterations cannot show a drift
+    runs = result.tables["c4_runs"]
+    assert set(runs["norm"]) == set(c4.GAMMA_NORMS)
+    assert runs.loc[runs["norm"] == "sn-same-gamma", "final_spread"].max() == 0.0
+    assert all(0 < p.stat().st_size < 300 * 1024 for p in result.figures)
+
+
+def test_bound_by_hand_and_by_the_identity():
+    assert c4.allocation_bound(np.array([1.0, 2.0, 4.0])) == 84.0  # 2^2 4^2 + 1 4^2 + 1 2^2
+    g = np.array([0.5, 3.0, 1.5, 2.0])
+    assert c4.allocation_bound(g) == pytest.approx(np.prod(g) ** 2 * np.sum(g**-2.0), rel=1e-14)
+    with pytest.raises(ValueError, match="positive"):
+        c4.allocation_bound(np.array([1.0, -1.0]))
+
+
+@pytest.mark.parametrize("L, C", [(2, 0.3), (4, 5.0), (7, 1.7)])
+def test_scipy_finds_the_equal_allocation(L, C):
+    start = np.exp(np.random.default_rng(L).normal(0, 1, L))
+    start *= (C / start.prod()) ** (1 / L)
+    optimum = c4.minimize_allocation(C, L, start)
+    assert np.prod(optimum) == pytest.approx(C, rel=1e-12)
+    assert optimum == pytest.approx(np.full(L, C ** (1 / L)), rel=1e-5)
+    assert c4.allocation_bound(optimum) == pytest.approx(c4.equal_allocation_minimum(C, L), rel=1e-10)
+    assert c4.allocation_excess(start) > 1.0
+
+
+def test_paired_comparison_needs_every_seed():
+    compare = c4.paired_comparison
+    assert compare("C4", "q", np.array([2.0, 1.05]), np.array([1.0, 1.0]), higher_is_worse=True,
+                   scale="small").verdict == "inconclusive"
+    assert compare("C4", "q", np.array([0.5, 0.6]), np.array([1.0, 1.0]), higher_is_worse=True,
+                   scale="small").verdict == "violated"
+    assert compare("C4", "q", np.array([0.5, 0.6]), np.array([1.0, 1.0]), higher_is_worse=True,
+                   scale="tiny").verdict == "inconclusive"
+    lower_quality = compare("C4", "modes", np.array([4.0, 5.0]), np.array([8.0, 8.0]), higher_is_worse=False,
+                            scale="small")
+    assert lower_quality.verdict == "holds" and lower_quality.measured == pytest.approx((0.5 + 3 / 8) / 2)
+    with pytest.raises(ValueError, match="equal-length"):
+        compare("C4", "q", np.array([1.0]), np.array([1.0, 2.0]), higher_is_worse=True, scale="small")
