@@ -28,8 +28,8 @@ PALETTE: tuple[str, ...] = (
     "#CC79A7",  # reddish purple
     "#E69F00",  # orange
     "#56B4E9",  # sky blue
-    "#F0E442",  # yellow
     "#000000",  # black
+    "#F0E442",  # yellow: last, it is faint on white
 )
 #: Line styles cycled together with colours so series stay apart in grey-scale prints.
 LINESTYLES: tuple[str, ...] = ("-", "--", "-.", ":")
