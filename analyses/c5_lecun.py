@@ -72,6 +72,13 @@ after training under SN, ``n Var(W) / sigma_exact(W)^2`` of every large layer
 (``min(m, n) >= 64``) within 25 % of (*). Reported (not must-hold): the same
 for the weight the layers used (power-iteration sigma) over every recorded
 step, and how far the ratio drifts without SN compared with SN.
+
+Observed (seed 0): at ``tiny`` (8 steps) every must-hold check holds; at
+``small`` (150 steps on 16 x 16 digits) the exact-SN ratio of the deepest
+layers (conv6, conv7: 2 x 2 and 4 x 4 inputs, low-rank gradients) falls to
+0.69-0.86 of (*): within 25 % for LeCun and Kaiming init, not for Xavier
+(0.69, reported as violated). The trained weights stop being i.i.d.; the
+claim's "keeps doing so" is an approximation whose quality this measures.
 """
 from __future__ import annotations
 
