@@ -66,7 +66,6 @@ must-hold: (a) the product of *reshape* norms in place of operator norms in
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import numpy as np
@@ -220,14 +219,14 @@ def train_checkpoints(out: Path, norm: str, seed: int, settings: dict) -> list[t
     return checkpoint_discriminators(out)
 
 
-def real_batch(dataset: str, size: int, seed: int, image_size: int | None = None) -> Tensor:
-    """``size`` training samples of a built-in dataset (images repeated to 3 channels), float64."""
+def real_batch(dataset: str, size: int, seed: int, image_size: int | None = None, channels: int = 3) -> Tensor:
+    """``size`` training samples of a built-in dataset (images repeated to ``channels``), float64."""
     from gradscope.data import load_dataset
 
     if dataset == "digits":
         from analyses.probe import digits_batch
 
-        return digits_batch(size, image_size, channels=3, seed=seed).to(DTYPE)
+        return digits_batch(size, image_size, channels=channels, seed=seed).to(DTYPE)
     data = load_dataset(dataset, seed=seed)
     index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:size]
     return data.get_batch(index).to(DTYPE)
@@ -378,9 +377,11 @@ def _trained_states(params: dict, out: Path, seed: int) -> tuple[list[pd.DataFra
         settings = params[f"train_{net_name}"]
         if settings is None:
             continue
-        real = real_batch(settings["dataset"], params["samples"], seed, settings.get("image_size"))
+        checkpoints = train_checkpoints(out / "runs" / f"{net_name}-sn", "sn", seed, settings)
+        real = real_batch(settings["dataset"], params["samples"], seed, settings.get("image_size"),
+                          channels=checkpoints[0][1].input_shape[0])
         inputs = probe_inputs(real, seed)
-        for step, D in train_checkpoints(out / "runs" / f"{net_name}-sn", "sn", seed, settings):
+        for step, D in checkpoints:
             s, l = measure(plain_discriminator(D), inputs, net=net_name, state="trained-sn", step=step)
             samples.append(s)
             layers.append(l)

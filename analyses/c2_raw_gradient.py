@@ -62,8 +62,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from analyses.c1_exploding import (DTYPE, checkpoint_discriminators, exact_sigmas, normalized_copy, plain_discriminator,
-                                   probe_inputs, real_batch)
+from analyses.c1_exploding import (DTYPE, checkpoint_discriminators, normalized_copy, plain_discriminator, probe_inputs,
+                                   real_batch)
 from analyses.common import (INCONCLUSIVE, VIOLATED, AnalysisResult, Check, check_at_least, check_at_most,
                              scale_params)
 from analyses.layers import weight_layers
@@ -198,8 +198,8 @@ def _measure_all(params: dict, out: Path, seed: int) -> tuple[pd.DataFrame, pd.D
         run_dir = out / "runs" / f"{net}-sn"
         train_run(run_dir, norm="sn", seed=seed, keep_checkpoints=0, **settings)
         step, D = checkpoint_discriminators(run_dir)[-1]
-        inputs = probe_inputs(real_batch(settings["dataset"], params["samples"], seed, settings.get("image_size")),
-                              seed)
+        inputs = probe_inputs(real_batch(settings["dataset"], params["samples"], seed, settings.get("image_size"),
+                                         channels=D.input_shape[0]), seed)
         frames.append(layer_rows(plain_discriminator(D, raw=True), inputs, net=net, state="trained-sn", step=step))
         histories.append(sigma_history(run_dir).assign(net=net))
     return pd.concat(frames, ignore_index=True), pd.concat(histories, ignore_index=True)
@@ -222,7 +222,8 @@ def gradient_checks(table: pd.DataFrame) -> list[Check]:
     if len(conv_net):
         checks += [
             check_at_most(CLAIM, "SNDCGAN, reshape SN: max ||grad_W_t D||_F / bound with measured sigma_op(W_bar)",
-                          conv_net["ratio"].max(), 1.0, detail="(sqrt(N_t)||x|| prod_{i!=t} s_i + ||x|| prod s_i)/sigma"),
+                          conv_net["ratio"].max(), 1.0,
+                          detail="(sqrt(N_t)||x|| prod_{i!=t} s_i + ||x|| prod s_i) / sigma"),
             check_at_most(CLAIM, "SNDCGAN, reshape SN: max ||grad_W_t D||_F / (2 ||x|| / sigma) (paper form)",
                           conv_net["ratio_paper"].max(), 1.0, must_hold=False,
                           detail="not a theorem under reshape SN; measured"),
