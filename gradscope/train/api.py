@@ -1,0 +1,257 @@
+"""``train(config)`` and ``resume(run_dir)``: a whole run, from an empty directory to its final status.
+
+Exit codes (also :attr:`RunResult.exit_code`; ``gradscope run`` exits with them):
+
+===  ==============================================================================
+0    done: all iterations trained (or nothing was left to train)
+2    usage error: bad choice, missing or corrupt data, ``--out`` holds something else
+3    diverged: a loss or D output became NaN or infinite; the run's status says at
+     which step, recorded data and the last good checkpoint are kept
+130  interrupted by Ctrl-C (SIGINT) after writing a checkpoint; ``--resume`` continues
+143  interrupted by SIGTERM after writing a checkpoint; ``--resume`` continues
+===  ==============================================================================
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradscope.train.checkpoint import find_checkpoint, load_checkpoint
+from gradscope.train.config import RunConfig, default_run_dir
+from gradscope.train.distributed import DistContext, configure_threads, init_distributed, resolve_device
+from gradscope.train.loop import LoopOutcome, Trainer
+from gradscope.train.progress import Progress
+from gradscope.train.rundir import prepare_new_run, resume_config
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_DIVERGED = 3
+EXIT_SIGNAL_BASE = 128
+
+
+@dataclass
+class RunResult:
+    """What a run ended as.
+
+    Attributes
+    ----------
+    run_dir : Path
+        The run directory (read it with :func:`gradscope.load_run`).
+    state : str
+        ``"done"``, ``"diverged"`` or ``"interrupted"``.
+    step : int
+        Iterations completed; for ``"diverged"`` the step whose loss was not finite.
+    metrics : dict of str to float
+        The latest sample-quality evaluation (empty if none ran).
+    exit_code : int
+        0, 3 (diverged) or 128 + the signal number (interrupted); see the module docstring.
+    reason : str or None
+        Why a run diverged.
+    seconds : float
+        Wall time of this call.
+    generator, discriminator : nn.Module
+        The trained networks of this process (the EMA generator is ``ema_generator``).
+    """
+
+    run_dir: Path
+    state: str
+    step: int
+    metrics: dict[str, float]
+    exit_code: int
+    reason: str | None = None
+    seconds: float = 0.0
+    generator: nn.Module | None = field(default=None, repr=False)
+    discriminator: nn.Module | None = field(default=None, repr=False)
+    ema_generator: nn.Module | None = field(default=None, repr=False)
+
+
+class StopRequest:
+    """Turns SIGINT / SIGTERM into a request to checkpoint and stop; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __call__(self) -> int | None:
+        return self.signum
+
+
+def check_accelerator_options(config: RunConfig, device: torch.device) -> None:
+    """``--amp bf16`` and ``--compile`` only on CUDA: on CPU they are rejected so results never change."""
+    if device.type != "cuda":
+        if config.amp != "none":
+            raise ValueError(f"--amp {config.amp} needs a CUDA device (this run is on {device.type}); "
+                             "drop --amp: CPU runs always train in float32")
+        if config.compile:
+            raise ValueError(f"--compile needs a CUDA device (this run is on {device.type}); drop --compile")
+
+
+def train(config: RunConfig, *, overwrite: bool = False) -> RunResult:
+    """Train a GAN as ``config`` says, into ``config.out`` (default ``runs/<auto-name>``).
+
+    Parameters
+    ----------
+    config : RunConfig
+        The run.
+    overwrite : bool
+        Replace a run already in ``config.out``; otherwise a non-empty ``out`` is a ``ValueError``.
+
+    Returns
+    -------
+    RunResult
+        Also for a diverged or interrupted run (see ``state`` and ``exit_code``).
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        One line saying what is wrong (bad option for the device, data missing, ``out`` taken).
+
+    Notes
+    -----
+    Seeds the global torch RNG with ``config.seed``. Under ``torchrun`` every
+    process calls it; rank 0 writes the run directory.
+
+    Examples
+    --------
+    >>> result = train(RunConfig(dataset="ring8", iterations=50, quiet=True, out="runs/demo"))  # doctest: +SKIP
+    >>> result.state, result.metrics["modes_covered"]  # doctest: +SKIP
+    ('done', 8.0)
+    """
+    return _execute(config, resuming=False, overwrite=overwrite)
+
+
+def resume(run_dir: str | os.PathLike[str], **changes: Any) -> RunResult:
+    """Continue the run in ``run_dir`` from its newest checkpoint, exactly as if it had never stopped.
+
+    ``changes`` may set runtime fields only (``iterations`` to train longer,
+    ``device``, ``quiet``, ``data_dir``, ``workers``, ``download``).
+
+    Examples
+    --------
+    >>> resume("runs/demo", iterations=100, quiet=True).step  # doctest: +SKIP
+    100
+    """
+    return _execute(resume_config(run_dir, changes), resuming=True, overwrite=False)
+
+
+def _agreed_run_dir(config: RunConfig, context: DistContext) -> Path:
+    if config.out is not None:
+        return Path(config.out)
+    name = [str(default_run_dir(config))] if context.is_main else [""]
+    if context.active:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(name, src=0)
+    return Path(name[0])
+
+
+def _execute(config: RunConfig, *, resuming: bool, overwrite: bool) -> RunResult:
+    from gradscope.data import load_dataset
+
+    started = time.perf_counter()
+    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    check_accelerator_options(config, device)
+    context = init_distributed(device.type)
+    try:
+        configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        run_dir = _agreed_run_dir(config, context)
+        config = config.replace(out=str(run_dir))
+        payload = None
+        if resuming:
+            payload = load_checkpoint(find_checkpoint(run_dir), map_location=device)
+        else:
+            prepare_new_run(run_dir, config, overwrite=overwrite, clear=context.is_main)
+        dataset = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.resolved_image_size,
+                               download=config.download and context.is_main, seed=config.seed)
+        outcome, trainer = _train(config, dataset, device, context, run_dir, payload, resuming, overwrite)
+    finally:
+        context.close()
+    code = {"done": EXIT_OK, "diverged": EXIT_DIVERGED}.get(outcome.state, EXIT_SIGNAL_BASE + (outcome.signal or 2))
+    return RunResult(run_dir, outcome.state, outcome.step, outcome.metrics, code, outcome.reason,
+                     time.perf_counter() - started, trainer.G, trainer.D,
+                     trainer.ema.module if trainer.ema is not None else None)
+
+
+def _train(config: RunConfig, dataset, device: torch.device, context: DistContext, run_dir: Path,
+           payload: dict[str, Any] | None, resuming: bool, overwrite: bool) -> tuple[LoopOutcome, Trainer]:
+    from gradscope.record import Recorder, RunWriter
+
+    start = int(payload["step"]) if payload is not None else 0
+    progress = Progress(config.iterations, start, enabled=context.is_main and not config.quiet)
+    writer = recorder = None
+    if context.is_main:
+        writer = RunWriter(run_dir, resume=resuming, overwrite=overwrite and not resuming)
+    trainer = None
+    try:
+        trainer = Trainer(config, dataset, device=device, context=context, run_dir=run_dir, writer=writer,
+                          progress=progress)
+        if context.is_main and config.record:
+            recorder = Recorder({"D": trainer.D, "G": trainer.G}, every=config.record_every,
+                                exact_every=config.exact_every or None, slopes_every=config.slopes_every,
+                                out=writer, flush_every=config.flush_every,
+                                alert_printer=None if config.quiet else progress.write, start_step=start + 1)
+            trainer.attach_recorder(recorder)
+        if payload is not None:
+            trainer.load_state_dict(payload)
+        if writer is not None:
+            writer.write_config({**config.to_dict(), "world_size": context.world_size,
+                                 "recorder": recorder.settings() if recorder is not None else None})
+            writer.write_provenance(seed=config.seed, device=str(device))
+            writer.set_status("running", step=trainer.step)
+        with StopRequest() as stop:
+            outcome = trainer.run(stop)
+    except BaseException as exc:
+        if writer is not None:
+            state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            if recorder is not None:
+                recorder.close(state)
+            writer.set_status(state, step=trainer.step if trainer is not None else start,
+                              error=str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        progress.close()
+        raise
+    progress.close()
+    if writer is not None:
+        if recorder is not None:
+            recorder.close(outcome.state)
+        trainer.log.flush()
+        info = {"reason": outcome.reason} if outcome.reason else {}
+        writer.set_status(outcome.state, step=outcome.step, **info)
+    _report(outcome, run_dir, progress)
+    return outcome, trainer
+
+
+def _report(outcome: LoopOutcome, run_dir: Path, progress: Progress) -> None:
+    """A finished run is announced on stdout (not when quiet); a stopped one always on stderr."""
+    if outcome.state == "done":
+        progress.write(f"done at step {outcome.step}; run directory {run_dir}")
+    elif outcome.state == "diverged":
+        print(f"gradscope run: diverged: {outcome.reason}; recorded data and the last good checkpoint are "
+              f"kept in {run_dir}", file=sys.stderr, flush=True)
+    else:
+        print(f"gradscope run: interrupted at step {outcome.step} (checkpoint written); continue with: "
+              f"gradscope run --resume {run_dir}", file=sys.stderr, flush=True)

@@ -1,0 +1,112 @@
+"""Train a GAN under a normalization of D with the recorder attached, into a run directory.
+
+Every flag is a field of :class:`gradscope.train.RunConfig` and a key of the
+``--config`` TOML file; precedence, lowest first: defaults, ``--preset``, the
+file, the flags. Exit codes: 0 done, 2 usage error, 3 diverged, 130 / 143
+interrupted by SIGINT / SIGTERM (a checkpoint was written; ``--resume DIR``
+continues exactly).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+from gradscope.train.config import AMP_MODES, DEVICES, FIELD_NAMES, LOSSES, RunConfig, resolve_config
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """Flags whose value is one of a fixed list: listed in --help, checked by RunConfig (one-line errors)."""
+    from gradscope.data import DATASETS
+    from gradscope.init import INIT_SCHEMES
+    from gradscope.models import ARCHS
+    from gradscope.norms import NORMS
+    from gradscope.train.presets import PRESETS
+
+    return {"norm": NORMS, "init": INIT_SCHEMES, "dataset": DATASETS, "arch": ARCHS, "loss": LOSSES,
+            "device": DEVICES, "amp": AMP_MODES, "preset": tuple(PRESETS)}
+
+
+def _lenient(kind: type) -> Any:
+    """Convert when possible, else pass the text on so RunConfig reports it in one line."""
+    def convert(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            return text
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _shown_default(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "off" if not value else "on"
+    return str(value)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``gradscope run`` flags (one per :class:`RunConfig` field, plus --config/--resume/--overwrite)."""
+    choices = _choices()
+    for f in dataclasses.fields(RunConfig):
+        help_text = f.metadata["help"]
+        if f.default is not None:
+            help_text += f" (default: {_shown_default(f.default)})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if f.name == "record":
+            parser.add_argument("--no-record", action="store_false", **kwargs)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action="store_true", **kwargs)
+            continue
+        if f.name in choices:
+            kwargs["metavar"] = "{" + ",".join(choices[f.name]) + "}"
+        elif f.name == "betas":
+            kwargs["metavar"] = "B1,B2"
+        elif f.name == "eval_metrics":
+            kwargs["metavar"] = "M1,M2"
+        annotation = str(f.type)
+        if annotation.startswith("int"):
+            kwargs["type"] = _lenient(int)
+        elif annotation.startswith("float"):
+            kwargs["type"] = _lenient(float)
+        parser.add_argument(flag, **kwargs)
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="TOML file of settings; keys mirror the flags (e.g. lr-d = 1e-4); flags override it")
+    parser.add_argument("--resume", metavar="DIR", default=argparse.SUPPRESS,
+                        help="continue the run in DIR from its newest checkpoint, exactly; only --iterations, "
+                             "--device, --quiet, --data-dir, --workers and --download may be given with it")
+    parser.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
+                        help="replace the run already in --out (only gradscope's files are removed; without it "
+                             "nothing on disk is overwritten)")
+
+
+def given_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The RunConfig fields set on the command line (flags left out are absent)."""
+    return {name: value for name, value in vars(args).items() if name in FIELD_NAMES}
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The validated :class:`RunConfig` a parsed ``gradscope run`` command line describes (not for --resume)."""
+    return resolve_config(given_values(args), getattr(args, "config", None))
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Run (or resume) the training; return the exit code."""
+    from gradscope.train.api import EXIT_SIGNAL_BASE, resume, train
+
+    values = given_values(args)
+    try:
+        overwrite = getattr(args, "overwrite", False)
+        if getattr(args, "resume", None) is not None:
+            if getattr(args, "config", None) is not None or overwrite:
+                raise ValueError("--resume continues a run as configured; drop --config and --overwrite")
+            result = resume(args.resume, **values)
+        else:
+            result = train(config_from_args(args), overwrite=overwrite)
+    except KeyboardInterrupt:
+        print("gradscope run: interrupted before a checkpoint could be written", file=sys.stderr)
+        return EXIT_SIGNAL_BASE + 2
+    return result.exit_code

@@ -1,0 +1,132 @@
+"""Where a run executes: the device, CPU threads, and DistributedDataParallel under ``torchrun``.
+
+``torchrun --nproc-per-node N -m gradscope run ...`` sets ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address; :func:`init_distributed`
+reads them and joins the process group (NCCL on CUDA, gloo on CPU). Every rank
+builds the same networks from the same seed; DDP averages gradients and, with
+``broadcast_buffers=True``, copies rank 0's buffers (the normalizations'
+power-iteration vectors and sigmas, the generator's batch-norm statistics) to
+all ranks at every forward, so every rank divides by the same sigma.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from gradscope._checks import check_choice
+
+
+@dataclass
+class DistContext:
+    """This process's place in the job (defaults: a single process)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run directory."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        """Whether there is more than one process."""
+        return self.world_size > 1
+
+    def any(self, *flags: bool) -> tuple[bool, ...]:
+        """For each flag, whether it is true on at least one rank (one small all-reduce)."""
+        if not self.active:
+            return tuple(bool(f) for f in flags)
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        values = torch.tensor([float(f) for f in flags], device=device)
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return tuple(bool(v) for v in values.tolist())
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op for a single process)."""
+        if self.active:
+            dist.barrier()
+
+    def close(self) -> None:
+        """Leave the process group if this context joined it."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def resolve_device(request: str, local_rank: int = 0) -> torch.device:
+    """Turn ``auto`` / ``cpu`` / ``cuda`` / ``mps`` into a device; one-line error if it is absent.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    check_choice("device", request, ("auto", "cpu", "cuda", "mps"))
+    if request == "auto":
+        request = "cuda" if torch.cuda.is_available() else "cpu"
+    if request == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available; use --device cpu or auto")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if request == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError("--device mps: the MPS backend is not available; use --device cpu or auto")
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 quota when one is set."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        count = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+def configure_threads(local_world_size: int = 1) -> int:
+    """Give each local process an equal share of the CPUs unless ``OMP_NUM_THREADS`` decides; return it."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    threads = max(1, available_cpus() // max(1, local_world_size))
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads
+
+
+def init_distributed(device_type: str) -> DistContext:
+    """Join the ``torchrun`` process group described by the environment, or return a single-process context."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext()
+    owns = False
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+        owns = True
+    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                       local_rank=int(os.environ.get("LOCAL_RANK", "0")), owns_group=owns)
+
+
+def wrap(module: nn.Module, context: DistContext, device: torch.device) -> nn.Module:
+    """``module`` in DistributedDataParallel when several processes run, else ``module`` itself."""
+    if not context.active:
+        return module
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=True)

@@ -1,0 +1,104 @@
+"""The run directory's life: refuse to clobber, start fresh on request, read a run back for resuming.
+
+Nothing already on disk is overwritten unless asked (``--overwrite``), and
+``--overwrite`` only removes what gradscope writes: the recorder's files, the
+checkpoints and the sample pictures.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from gradscope.train.checkpoint import CHECKPOINT_DIR, list_checkpoints
+from gradscope.train.config import RUNTIME_FIELDS, RunConfig
+
+SAMPLES_DIR = "samples"
+CONFIG_FILE = "config.json"
+#: config.json keys that are not RunConfig fields (written by the trainer for readers of the run).
+EXTRA_KEYS = ("recorder", "world_size")
+
+
+def stored_config(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The run's ``config.json`` as a dict, ``None`` if absent; a damaged file is a one-line ``ValueError``."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} cannot be read ({exc}); it is not a usable gradscope run") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} is not a gradscope run configuration")
+    return values
+
+
+def config_of_run(run_dir: str | os.PathLike[str]) -> RunConfig:
+    """The :class:`RunConfig` a run directory was started with."""
+    values = stored_config(run_dir)
+    if values is None:
+        raise FileNotFoundError(f"{run_dir} is not a gradscope run (no {CONFIG_FILE})")
+    fields = {k: v for k, v in values.items() if k not in EXTRA_KEYS}
+    return RunConfig.from_dict(fields, where=str(Path(run_dir) / CONFIG_FILE))
+
+
+def differences(new: RunConfig, old: dict[str, Any]) -> list[str]:
+    """``"key: new vs old"`` for each setting that decides the computation and differs."""
+    mine = new.identity()
+    found = []
+    for key, value in mine.items():
+        theirs = old.get(key)
+        if theirs != value:
+            found.append(f"{key.replace('_', '-')} {value!r} here vs {theirs!r} there")
+    return found
+
+
+def _is_gradscope_run(path: Path) -> bool:
+    return (path / CONFIG_FILE).exists() or (path / "status.json").exists() or bool(list_checkpoints(path))
+
+
+def prepare_new_run(run_dir: str | os.PathLike[str], config: RunConfig, *, overwrite: bool = False,
+                    clear: bool = False) -> None:
+    """Check that a new run may start in ``run_dir``; with ``clear`` (rank 0) remove an old run being overwritten.
+
+    Raises
+    ------
+    ValueError
+        When ``run_dir`` holds this run already, another run, or other files, without ``overwrite``.
+    """
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} exists and is not a directory; choose another --out")
+    if not path.exists() or not any(path.iterdir()):
+        return
+    if overwrite:
+        if clear and _is_gradscope_run(path):
+            for folder in (CHECKPOINT_DIR, SAMPLES_DIR):
+                shutil.rmtree(path / folder, ignore_errors=True)
+        return
+    if not _is_gradscope_run(path):
+        raise ValueError(f"--out {path} exists and is not an empty directory; choose another --out "
+                         "or add --overwrite to write into it")
+    old = stored_config(path) or {}
+    changed = differences(config, old)
+    if changed:
+        raise ValueError(f"--out {path} holds a different run ({'; '.join(changed[:3])}); choose another --out "
+                         "or add --overwrite to replace it")
+    raise ValueError(f"--out {path} already holds this run; continue it with --resume {path} or add --overwrite "
+                     "to start it again")
+
+
+def resume_config(run_dir: str | os.PathLike[str], changes: dict[str, Any]) -> RunConfig:
+    """The stored config of ``run_dir`` with runtime ``changes`` (iterations, device, ...) applied.
+
+    Raises ``ValueError`` if ``changes`` touches a setting that decides the computation.
+    """
+    fixed = sorted(k for k in changes if k not in RUNTIME_FIELDS or k == "out")
+    if fixed:
+        named = ", ".join("--" + k.replace("_", "-") for k in fixed)
+        allowed = ", ".join("--" + k.replace("_", "-") for k in sorted(RUNTIME_FIELDS - {"out"}))
+        raise ValueError(f"--resume continues the run as it was configured; {named} cannot change "
+                         f"(only {allowed} can)")
+    return config_of_run(run_dir).replace(**{**changes, "out": str(run_dir)})

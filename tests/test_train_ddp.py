@@ -1,0 +1,76 @@
+"""DistributedDataParallel on CPU (gloo): ranks stay identical, rank 0 writes, checkpoints resume on one process."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from gradscope.train import RunConfig, resume, train
+from gradscope.train.checkpoint import list_checkpoints
+
+WORLD = 2
+ITERATIONS = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, port: int, dump: str, settings: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
+    result = train(RunConfig(**settings))
+    torch.save({"state": result.state, "step": result.step, "D": result.discriminator.state_dict(),
+                "G": result.generator.state_dict()}, Path(dump) / f"rank{rank}.pt")
+
+
+@pytest.mark.parametrize("norm,loss", [("sn", "wgan-gp"), ("bssn", "hinge")])
+def test_ranks_share_sigmas_and_weights_and_resume_on_one_process(tmp_path, norm, loss):
+    out = tmp_path / "run"
+    # n_dis 2 and the gradient penalty's double backward run several DDP forwards per step while
+    # the normalizations update their power-iteration buffers in place.
+    settings = dict(dataset="digits", image_size=8, batch_size=4, norm=norm, loss=loss, n_dis=2,
+                    iterations=ITERATIONS, checkpoint_every=2, eval_every=0, sample_every=0, quiet=True,
+                    out=str(out))
+    mp.start_processes(_rank_main, args=(_free_port(), str(tmp_path), settings), nprocs=WORLD, join=True,
+                       start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    assert [(r["state"], r["step"]) for r in ranks] == [("done", ITERATIONS)] * WORLD
+    d0, d1 = ranks[0]["D"], ranks[1]["D"]
+    sigmas = [k for k in d0 if k.endswith("sigma")]
+    assert sigmas, "the normalized discriminator must keep sigma buffers"
+    for key in d0:
+        assert torch.equal(d0[key], d1[key]), key
+    for key, value in ranks[0]["G"].items():
+        if "running" not in key and "num_batches" not in key:  # batch-norm statistics are per rank
+            assert torch.equal(value, ranks[1]["G"][key]), key
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == WORLD
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4]
+    written = {p.name for p in out.iterdir()}
+    assert written <= {"alerts.jsonl", "architecture.json", "checkpoints", "config.json", "layers",
+                       "provenance.json", "samples", "scalars", "status.json"}
+    assert {"config.json", "status.json", "checkpoints", "layers", "scalars"} <= written
+    more = resume(out, iterations=ITERATIONS + 2, quiet=True)  # written by 2 processes, continued by 1
+    assert (more.state, more.step) == ("done", ITERATIONS + 2)
+
+
+def test_torchrun_launches_the_run_command(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                           str(WORLD), "-m", "gradscope", "run", "--dataset", "ring8", "--batch-size", "8",
+                           "--iterations", "3", "--eval-every", "3", "--eval-samples", "100", "--quiet",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    status = json.loads((out / "status.json").read_text())
+    assert (status["state"], status["step"]) == ("done", 3)
+    assert json.loads((out / "config.json").read_text())["world_size"] == WORLD

@@ -1,0 +1,251 @@
+"""End-to-end runs: every arch and dataset kind, exact resume, divergence, run-directory safety, ``gradscope eval``."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from data_helpers import make_cifar_archive, make_stl_archive, write_image
+from gradscope import cli
+from gradscope.record import load_run
+from gradscope.train import RunConfig, resume, train
+from gradscope.train import api as train_api
+from gradscope.train.checkpoint import list_checkpoints, load_checkpoint
+
+@pytest.fixture(autouse=True)
+def single_thread(monkeypatch):
+    """One CPU thread here and in child processes: these nets are tiny, and shared CI cores make
+    multi-threaded kernels wait on each other (runs compared bit for bit also share the setting)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# Exact spectral norms (dense SVDs of every layer) cost seconds per step for the image nets: on for the MLP only.
+TINY = dict(iterations=2, eval_every=0, checkpoint_every=1, keep_checkpoints=0, flush_every=1, quiet=True)
+
+
+def _make_data(kind: str, root: Path) -> str:
+    root.mkdir(parents=True)
+    if kind == "cifar10":
+        make_cifar_archive(root, per_batch=1)
+    elif kind == "stl10":
+        make_stl_archive(root, count=4)
+    elif kind == "celeba":
+        for i in range(4):
+            write_image(root / "img_align_celeba" / f"{i:06d}.jpg", 178, 218, seed=i, fmt="JPEG")
+    elif kind == "imagenet":
+        for i in range(4):
+            write_image(root / "imagenet" / "train" / f"n0{i % 2}" / f"{i}.JPEG", 40, 30, seed=i, fmt="JPEG")
+    elif kind == "folder":
+        for i in range(4):
+            write_image(root / "any" / f"{i}.png", 20, 24, seed=i)
+    return str(root)
+
+
+def _assert_trained(result, steps: int, nets=("D", "G")) -> None:
+    assert (result.state, result.step, result.exit_code) == ("done", steps, 0)
+    status = json.loads((result.run_dir / "status.json").read_text())
+    assert (status["state"], status["step"]) == ("done", steps)
+    assert [s for s, _ in list_checkpoints(result.run_dir)] == list(range(1, steps + 1))
+    assert (result.run_dir / "samples" / "step_00000000.png").exists()
+    assert (result.run_dir / "samples" / f"step_{steps:08d}.png").exists()
+    run = load_run(result.run_dir)
+    losses = run.scalars[run.scalars["name"].isin(["loss_d", "loss_g", "d_real", "d_fake"])]
+    assert sorted(losses["step"].unique()) == list(range(1, steps + 1))
+    assert losses["value"].notna().all() and len(losses) == 4 * steps
+    assert set(run.layers["net"]) == set(nets) and set(run.layers["phase"]) == {"d", "g"}
+    sigma = run.layers[(run.layers["stat"] == "sigma") & (run.layers["net"] == "D")]
+    assert len(sigma) and (sigma["value"] > 0).all()
+    assert {"slope_real_mean", "slope_fake_max"} <= set(run.scalars["name"])
+    assert run.config["norm"] == "sn" and run.config["world_size"] == 1
+
+
+@pytest.mark.parametrize("dataset,arch,size,batch", [
+    ("digits", "sndcgan", 8, 4), ("ring8", "mlp", None, 8), ("grid25", "mlp", None, 8),
+    ("cifar10", "resnet", 32, 2), ("stl10", "sndcgan", 8, 2), ("celeba", "sndcgan", 8, 2),
+    ("imagenet", "sndcgan", 8, 2), ("folder", "sndcgan", 8, 2),
+])
+def test_each_arch_and_dataset_kind_trains(tmp_path, dataset, arch, size, batch):
+    data_dir = _make_data(dataset, tmp_path / "data") if dataset not in ("digits", "ring8", "grid25") else None
+    if dataset == "folder":
+        data_dir = str(Path(data_dir) / "any")
+    cfg = RunConfig(dataset=dataset, arch=arch, image_size=size, batch_size=batch, data_dir=data_dir,
+                    workers=0, exact_every=2 if arch == "mlp" else 0, out=str(tmp_path / "run"), **TINY)
+    _assert_trained(train(cfg), 2)
+
+
+def _tables(path: Path) -> dict[str, pd.DataFrame]:
+    run = load_run(path)
+    return {"scalars": run.scalars, "layers": run.layers, "alerts": run.alerts}
+
+
+def _assert_same_run(a: Path, b: Path, step: int) -> None:
+    ta, tb = _tables(a), _tables(b)
+    for name in ta:
+        pd.testing.assert_frame_equal(ta[name], tb[name], check_exact=True, obj=name)
+    ca, cb = (load_checkpoint(dict(list_checkpoints(p))[step]) for p in (a, b))
+    for net in ("D", "G", "G_ema"):
+        if ca[net] is None:
+            continue
+        for key, value in ca[net].items():
+            assert torch.equal(value, cb[net][key]), (net, key)
+    assert ca["opt_D"]["state"].keys() == cb["opt_D"]["state"].keys()
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    base = dict(dataset="digits", image_size=8, batch_size=4, loss="wgan-gp", n_dis=2, ema=0.9, iterations=6,
+                checkpoint_every=3, eval_every=3, eval_samples=40, sample_every=3, exact_every=0, flush_every=2,
+                quiet=True)
+    whole = train(RunConfig(out=str(tmp_path / "whole"), **base))
+    assert whole.state == "done" and "digits_fid" in whole.metrics
+    calls = []
+
+    def stop_on_fourth_check(self):
+        calls.append(1)
+        return signal.SIGTERM if len(calls) >= 4 else None
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_api.StopRequest, "__call__", stop_on_fourth_check)
+        first = train(RunConfig(out=str(tmp_path / "split"), **base))
+    assert (first.state, first.step, first.exit_code) == ("interrupted", 4, 128 + signal.SIGTERM)
+    assert json.loads((tmp_path / "split" / "status.json").read_text())["state"] == "interrupted"
+    second = resume(tmp_path / "split")
+    assert (second.state, second.step) == ("done", 6)
+    assert second.metrics == whole.metrics
+    _assert_same_run(tmp_path / "whole", tmp_path / "split", 6)
+
+
+def _spawn_run(out: Path, *flags: str) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "gradscope", "run", "--out", str(out), "--quiet", *flags]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "timed out waiting for " + str(path)
+        time.sleep(0.05)
+
+
+RING = ["--dataset", "ring8", "--batch-size", "16", "--iterations", "60", "--checkpoint-every", "10",
+        "--eval-every", "25", "--eval-samples", "200", "--exact-every", "7", "--flush-every", "3"]
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
+    proc = _spawn_run(tmp_path / "killed", *RING)
+    _wait_for(tmp_path / "killed" / "checkpoints" / "step_00000020.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert json.loads((tmp_path / "killed" / "status.json").read_text())["state"] == "running"
+    args = cli.build_parser("run").parse_args(["run", *RING, "--quiet", "--out", str(tmp_path / "whole")])
+    from gradscope.train.cli import config_from_args
+
+    whole = train(config_from_args(args))
+    resumed = resume(tmp_path / "killed")
+    assert (resumed.state, resumed.step) == (whole.state, whole.step) == ("done", 60)
+    _assert_same_run(tmp_path / "whole", tmp_path / "killed", 60)
+
+
+def test_sigterm_checkpoints_and_exits_143(tmp_path):
+    proc = _spawn_run(tmp_path / "run", *RING[:5], "100000", "--checkpoint-every", "1000", "--eval-every", "0")
+    _wait_for(tmp_path / "run" / "scalars" / "000002.csv", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "interrupted"
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [status["step"]]
+    assert f"--resume {tmp_path / 'run'}" in err
+
+
+def test_divergence_stops_cleanly_and_keeps_data_and_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from gradscope.train import loop
+
+    real_loss, calls = loop.generator_loss, []
+
+    def poisoned(loss, logits):  # the 4th generator loss is NaN, as if the run had blown up at step 4
+        calls.append(1)
+        value = real_loss(loss, logits)
+        return value * float("nan") if len(calls) == 4 else value
+
+    monkeypatch.setattr(loop, "generator_loss", poisoned)
+    result = train(RunConfig(dataset="ring8", batch_size=8, iterations=10, checkpoint_every=1, eval_every=0,
+                             out=str(tmp_path / "run"), quiet=True))
+    assert (result.state, result.step, result.exit_code) == ("diverged", 4, 3)
+    assert result.reason == "non-finite loss_g at step 4"
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert (status["state"], status["step"], status["reason"]) == ("diverged", 4, result.reason)
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [1, 2, 3]
+    run = load_run(tmp_path / "run")
+    losses = run.scalars[run.scalars["name"] == "loss_g"].set_index("step")["value"]
+    assert list(losses.index) == [1, 2, 3, 4] and losses.iloc[:3].notna().all() and pd.isna(losses.loc[4])
+    assert sorted(run.layers["step"].unique()) == [1, 2, 3, 4]
+
+
+def test_a_diverging_run_exits_with_code_3(tmp_path):
+    flags = ["--dataset", "ring8", "--norm", "none", "--lr-d", "1e30", "--lr-g", "1e30", "--batch-size", "8",
+             "--iterations", "50", "--eval-every", "0"]
+    proc = subprocess.run([sys.executable, "-m", "gradscope", "run", "--out", str(tmp_path / "run"), "--quiet",
+                           *flags], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "diverged" and 1 <= status["step"] < 50
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("gradscope run: diverged: non-finite") and "Traceback" not in proc.stderr
+
+
+def test_out_directory_is_never_overwritten_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--dataset", "ring8", "--batch-size", "8", "--iterations", "2", "--eval-every", "0", "--quiet",
+            "--out", str(out)]
+    assert cli.main(argv) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert cli.main(argv) == 2
+    assert f"already holds this run; continue it with --resume {out}" in capsys.readouterr().err
+    assert cli.main([*argv, "--norm", "bsn", "--seed", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a different run (norm 'bsn' here vs 'sn' there; seed 3 here vs 0 there)" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert cli.main([*argv[:-1], str(other)]) == 2
+    assert "is not an empty directory" in capsys.readouterr().err
+    assert cli.main([*argv, "--norm", "bsn", "--overwrite"]) == 0
+    assert json.loads((out / "config.json").read_text())["norm"] == "bsn"
+    assert [s for s, _ in list_checkpoints(out)] == [2]
+
+
+def test_eval_command_reproduces_the_training_time_numbers(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["run", "--dataset", "grid25", "--batch-size", "16", "--iterations", "4", "--eval-every", "2",
+                     "--eval-samples", "300", "--checkpoint-every", "2", "--quiet", "--out", str(out)]) == 0
+    scalars = load_run(out).scalars
+    logged = scalars[(scalars["step"] == 2) & scalars["name"].isin(["modes_covered", "high_quality_fraction"])]
+    assert cli.main(["eval", str(out), "--checkpoint", "2", "--samples", "300"]) == 0
+    stored = json.loads((out / "eval" / "step_00000002.json").read_text())
+    assert stored["step"] == 2
+    for name, value in zip(logged["name"], logged["value"]):
+        assert stored["metrics"][name] == pytest.approx(value, abs=0)
+    assert "step 2: modes_covered" in capsys.readouterr().out
+    assert cli.main(["eval", str(out), "--checkpoint", "3"]) == 2
+    assert "no checkpoint of step 3; available steps: 2, 4" in capsys.readouterr().err
+
+
+def test_gpu_options_are_rejected_on_cpu_before_anything_is_written(tmp_path):
+    for extra in ({"amp": "bf16"}, {"compile": True}):
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            train(RunConfig(dataset="ring8", device="cpu", out=str(tmp_path / "r"), **extra))
+    assert not (tmp_path / "r").exists()
