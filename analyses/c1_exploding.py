@@ -454,7 +454,7 @@ def plot_bounds(samples: pd.DataFrame, layers: pd.DataFrame):
     style.theory_line(ax, 1.0, "1 (bound; strict SN)")
     style.label_axes(ax, "training iteration", "ratio (dimensionless)", "popular-SN training run", logy=True)
     style.figure_legend(fig, axes[0, 0], ncol=3)
-    style.legend(ax, loc="best")
+    style.legend(ax, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
 
