@@ -16,9 +16,9 @@ def result(tmp_path_factory):
 def test_tiny_run_math_holds_and_training_is_not_judged(result):
     assert result.ok, [c for c in result.checks if not c.ok]
     must = [c for c in result.checks if c.must_hold]
-    assert len(must) == 4 and all(c.verdict == "holds" for c in must)
-    soft = [c for c in result.checks if not c.must_hold]
-    assert soft and all(c.verdict == "inconclusive" for c in soft)  # 40 iterations cannot show a drift
+    assert len(must) == 5 and all(c.verdict == "holds" for c in must)
+    trained = [c for c in result.checks if c.quantity.startswith("ring8")]
+    assert trained and all(c.verdict == "inconclusive" for c in trained)  # 40 iterations cannot show a drift
     runs = result.tables["c4_runs"]
     assert set(runs["norm"]) == set(c4.GAMMA_NORMS)
     assert runs.loc[runs["norm"] == "sn-same-gamma", "final_spread"].max() == 0.0
@@ -42,6 +42,12 @@ def test_scipy_finds_the_equal_allocation(L, C):
     assert optimum == pytest.approx(np.full(L, C ** (1 / L)), rel=1e-5)
     assert c4.allocation_bound(optimum) == pytest.approx(c4.equal_allocation_minimum(C, L), rel=1e-10)
     assert c4.allocation_excess(start) > 1.0
+
+
+def test_per_layer_gammas_get_equal_log_gradients_only_without_biases():
+    free, biased = c4.gamma_gradients(0.0), c4.gamma_gradients(0.1)
+    assert free == pytest.approx(np.full(4, free[0]), rel=1e-10) and abs(free[0]) > 0
+    assert np.ptp(biased) > 0.1 * np.abs(biased).max()
 
 
 def test_paired_comparison_needs_every_seed():

@@ -12,7 +12,7 @@ def _summary(collapsed_ssn, collapsed_bssn, modes_ssn, modes_bssn):
     rows = []
     for norm, collapsed, modes in (("ssn", collapsed_ssn, modes_ssn), ("bssn", collapsed_bssn, modes_bssn)):
         for seed, (flag, value) in enumerate(zip(collapsed, modes)):
-            rows.append({"dataset": "ring8", "norm": norm, "scale": 1.0, "seed": seed, "status": "done",
+            rows.append({"dataset": "cifar10", "norm": norm, "scale": 1.0, "seed": seed, "status": "done",
                          "collapsed": flag, "final_modes": value, "run": f"{norm}-{seed}"})
     return pd.DataFrame(rows)
 
@@ -34,13 +34,20 @@ def test_clear_evidence_holds_and_thin_evidence_is_inconclusive():
 
 
 def test_reduced_sweep_runs_end_to_end(tmp_path, monkeypatch):
-    grid = {"ring8": {"base": {"iterations": 12, "batch-size": 32, "eval-every": 6, "eval-samples": 500},
-                      "scales": [1.4], "seeds": 1}}
-    monkeypatch.setitem(c8.PARAMS, "tiny", {"max_parallel": 2, "grids": grid})
+    grids = {"ring8": {"base": {"iterations": 12, "batch-size": 32, "eval-every": 6, "eval-samples": 500},
+                       "scales": [1.4], "seeds": 1},
+             "digits": {"base": {"image-size": 8, "iterations": 8, "batch-size": 16, "eval-every": 4,
+                                 "eval-samples": 200, "eval-metrics": "fid"}, "scales": [1.4], "seeds": 1}}
+    monkeypatch.setitem(c8.PARAMS, "tiny", {"max_parallel": 2, "grids": grids})
     result = c8.run("tiny", tmp_path, seed=0)
-    assert result.ok and result.checks and all(c.verdict == "inconclusive" for c in result.checks)
+    assert result.ok and not any(c.must_hold for c in result.checks)
+    identity, *image_checks = result.checks
+    assert identity.quantity.startswith("ring8") and identity.verdict == "holds" and identity.measured == 0.0
+    assert [c.verdict for c in image_checks] == ["inconclusive", "inconclusive"]
     runs = result.tables["c8_runs"]
-    assert sorted(runs["norm"]) == ["bssn", "ssn"] and (runs["status"] == "done").all()
+    assert sorted(runs["norm"]) == ["bssn", "bssn", "ssn", "ssn"] and (runs["status"] == "done").all()
     history = result.tables["c8_quality_history"]
-    assert set(history["step"]) == {0, 6, 12} and set(history["metric"]) == {"modes_covered"}
+    digits = history[history["dataset"] == "digits"]
+    assert set(digits["step"]) == {0, 4, 8} and set(digits["metric"]) == {"digits_fid"}
+    assert any(p.name == "c8_quality.png" for p in result.figures)
     assert all(0 < p.stat().st_size < 300 * 1024 for p in result.figures)
