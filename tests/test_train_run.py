@@ -249,3 +249,28 @@ def test_gpu_options_are_rejected_on_cpu_before_anything_is_written(tmp_path):
         with pytest.raises(ValueError, match="needs a CUDA device"):
             train(RunConfig(dataset="ring8", device="cpu", out=str(tmp_path / "r"), **extra))
     assert not (tmp_path / "r").exists()
+
+
+def test_one_power_iteration_per_discriminator_update_and_none_in_the_generator_update(tmp_path):
+    from gradscope.data import load_dataset
+    from gradscope.norms import SpectralParametrization
+    from gradscope.train.distributed import DistContext
+    from gradscope.train.loop import Trainer
+
+    cfg = RunConfig(image_size=8, batch_size=4, n_dis=3, eval_every=0, quiet=True)
+    trainer = Trainer(cfg, load_dataset("digits", image_size=8), device=torch.device("cpu"),
+                      context=DistContext(), run_dir=tmp_path)
+    calls = []
+    for module in trainer.D.modules():
+        if isinstance(module, SpectralParametrization):
+            module.register_forward_hook(lambda m, args, out: calls.append(m.training))
+    layers = sum(isinstance(m, SpectralParametrization) for m in trainer.D.modules())
+    trainer._d_update(1)
+    assert calls == [True] * layers  # real, fake (and interpolates) in one forward: one power step
+    calls.clear()
+    before = {k: v.clone() for k, v in trainer.D.state_dict().items()}
+    trainer._g_update(1)
+    assert not any(calls)  # only eval-mode reads of the normalized weights
+    # weights and power-iteration vectors untouched (the sigma buffers re-read u^T W v of the current W)
+    assert all(torch.equal(before[k], v) for k, v in trainer.D.state_dict().items() if "sigma" not in k)
+    assert all(p.grad is None for p in trainer.D.parameters())

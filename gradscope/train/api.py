@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from gradscope.train.checkpoint import find_checkpoint, load_checkpoint
-from gradscope.train.config import RunConfig, default_run_dir
-from gradscope.train.distributed import DistContext, configure_threads, init_distributed, resolve_device
+from gradscope.train.config import POINT_DATASETS, RunConfig, default_run_dir
+from gradscope.train.distributed import SMALL_IMAGE_SIZE, DistContext, configure_threads, init_distributed, \
+    resolve_device
 from gradscope.train.loop import LoopOutcome, Trainer
 from gradscope.train.progress import Progress
 from gradscope.train.rundir import prepare_new_run, resume_config
@@ -171,23 +172,23 @@ def _agreed_run_dir(config: RunConfig, context: DistContext) -> Path:
 
 
 def _execute(config: RunConfig, *, resuming: bool, overwrite: bool) -> RunResult:
-    from gradscope.data import load_dataset
-
     started = time.perf_counter()
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     check_accelerator_options(config, device)
     context = init_distributed(device.type)
     try:
-        configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        small = config.dataset in POINT_DATASETS or (config.image_size or SMALL_IMAGE_SIZE + 1) <= SMALL_IMAGE_SIZE
+        configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), small=small)
         run_dir = _agreed_run_dir(config, context)
         config = config.replace(out=str(run_dir))
         payload = None
         if resuming:
-            payload = load_checkpoint(find_checkpoint(run_dir), map_location=device)
+            # On the CPU: RNG states must stay CPU tensors; modules and optimizers move their own parts.
+            payload = load_checkpoint(find_checkpoint(run_dir), map_location="cpu")
         else:
             prepare_new_run(run_dir, config, overwrite=overwrite, clear=context.is_main)
-        dataset = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.resolved_image_size,
-                               download=config.download and context.is_main, seed=config.seed)
+        context.barrier()  # every rank has checked --out before rank 0 writes into it
+        dataset = _load_data(config, context)
         outcome, trainer = _train(config, dataset, device, context, run_dir, payload, resuming, overwrite)
     finally:
         context.close()
@@ -195,6 +196,22 @@ def _execute(config: RunConfig, *, resuming: bool, overwrite: bool) -> RunResult
     return RunResult(run_dir, outcome.state, outcome.step, outcome.metrics, code, outcome.reason,
                      time.perf_counter() - started, trainer.G, trainer.D,
                      trainer.ema.module if trainer.ema is not None else None)
+
+
+def _load_data(config: RunConfig, context: DistContext):
+    """Rank 0 loads first (and downloads with --download); the others read the files it left."""
+    from gradscope.data import load_dataset
+
+    def load(download: bool):
+        return load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+                            download=download, seed=config.seed)
+
+    if context.is_main:
+        dataset = load(config.download)
+        context.barrier()
+        return dataset
+    context.barrier()
+    return load(False)
 
 
 def _train(config: RunConfig, dataset, device: torch.device, context: DistContext, run_dir: Path,

@@ -32,12 +32,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def evaluate_checkpoint(run_dir: str | Path, step: int | None = None, *, samples: int | None = None,
                         extractor: str = "auto", device: str = "auto",
-                        data_dir: str | None = None) -> tuple[int, dict[str, float]]:
-    """``(step, metrics)`` of a run's checkpoint; the EMA generator when the run kept one.
+                        data_dir: str | None = None) -> tuple[int, int, dict[str, float]]:
+    """``(step, samples, metrics)`` of a run's checkpoint; the EMA generator when the run kept one.
 
     Examples
     --------
-    >>> step, metrics = evaluate_checkpoint("runs/demo", samples=1000)  # doctest: +SKIP
+    >>> step, samples, metrics = evaluate_checkpoint("runs/demo", samples=1000)  # doctest: +SKIP
     """
     import torch
 
@@ -55,13 +55,14 @@ def evaluate_checkpoint(run_dir: str | Path, step: int | None = None, *, samples
     target = resolve_device(device)
     payload = load_checkpoint(find_checkpoint(run_dir, step), map_location="cpu")
     dataset = load_dataset(config.dataset, data_dir=data_dir or config.data_dir,
-                           image_size=config.resolved_image_size, seed=config.seed)
+                           image_size=config.image_size, seed=config.seed)
     _, generator = build_networks(config, dataset)
     generator.load_state_dict(payload["G_ema"] if payload.get("G_ema") is not None else payload["G"])
+    count = samples or config.eval_samples
     with torch.random.fork_rng():
-        metrics = evaluate_generator(generator.to(target), dataset, n_samples=samples or config.eval_samples,
-                                     extractor=extractor, device=target, seed=config.seed)
-    return int(payload["step"]), {k: float(v) for k, v in metrics.items()}
+        metrics = evaluate_generator(generator.to(target), dataset, n_samples=count, extractor=extractor,
+                                     device=target, seed=config.seed)
+    return int(payload["step"]), count, {k: float(v) for k, v in metrics.items()}
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -70,11 +71,11 @@ def execute(args: argparse.Namespace) -> int:
     from gradscope.train.progress import format_metrics
 
     started = time.perf_counter()
-    step, metrics = evaluate_checkpoint(args.run_dir, args.checkpoint, samples=args.samples,
+    step, count, metrics = evaluate_checkpoint(args.run_dir, args.checkpoint, samples=args.samples,
                                         extractor=args.extractor, device=args.device, data_dir=args.data_dir)
     target = Path(args.json) if args.json else Path(args.run_dir) / EVAL_DIR / f"step_{step:08d}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    write_json(target, {"step": step, "samples": args.samples, "extractor": args.extractor, "metrics": metrics})
+    write_json(target, {"step": step, "samples": count, "extractor": args.extractor, "metrics": metrics})
     print(f"step {step}: {format_metrics(metrics)}  ({time.perf_counter() - started:.1f} s; {target})")
     print(json.dumps(metrics, sort_keys=True))
     return 0

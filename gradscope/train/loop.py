@@ -102,6 +102,7 @@ class Trainer:
         self.sync_every = 1 if device.type == "cpu" else ACCELERATOR_SYNC_EVERY
         self.step = 0
         self.metrics: dict[str, float] = {}
+        self.latest: dict[str, float] = {}
 
     def attach_recorder(self, recorder) -> None:
         """Record with ``recorder`` (built on ``{"D": self.D, "G": self.G}``); attaches its hooks."""
@@ -201,6 +202,7 @@ class Trainer:
             self.evaluator.save_samples(self.sampling_generator, step)
         if step > 0 and self._due(cfg.checkpoint_every, step):
             self.save_checkpoint()
+            self.progress.note(step, self.latest)
 
     def _check(self, pending: list[tuple[int, Tensor]]) -> tuple[int | None, str | None, dict[str, float]]:
         """First step with a non-finite scalar (and which), and the latest values, from one host copy."""
@@ -230,7 +232,7 @@ class Trainer:
             due = any(self._due(every, step) for every in (cfg.eval_every, cfg.sample_every, cfg.checkpoint_every))
             if not (due or step % self.sync_every == 0):
                 continue
-            bad_step, bad_name, latest = self._check(pending)
+            bad_step, bad_name, self.latest = self._check(pending)
             pending = []
             signum = stop_requested()
             stop, diverged = self.context.any(signum is not None, bad_step is not None)
@@ -238,7 +240,7 @@ class Trainer:
                 where = bad_step if bad_step is not None else step
                 reason = f"non-finite {bad_name} at step {where}" if bad_name else "non-finite values on another rank"
                 return LoopOutcome("diverged", where, self.metrics, reason=reason)
-            self.progress.update(step, latest, self.recorder.latest_alert if self.recorder is not None else None)
+            self.progress.update(step, self.latest, self.recorder.latest_alert if self.recorder is not None else None)
             self._events(step)
             if stop:
                 if not self._due(cfg.checkpoint_every, step):

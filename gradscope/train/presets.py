@@ -26,7 +26,7 @@ PRESET_DATASET = "cifar10"
 _LONG_DATASETS = {"stl10": 800_000}
 
 _COMMON: dict[str, Any] = {
-    "arch": "sndcgan", "loss": "hinge", "batch_size": 64, "iterations": 400_000,
+    "arch": "sndcgan", "loss": "hinge", "batch_size": 64, "ema": 0.0, "iterations": 400_000,
     "eval_every": 10_000, "eval_samples": 10_000, "sample_every": 10_000, "checkpoint_every": 10_000,
     "exact_every": 1_000, "flush_every": 500,
 }

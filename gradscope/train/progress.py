@@ -7,6 +7,7 @@ the bar. ``quiet`` silences both.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Mapping
 
 from tqdm.auto import tqdm
@@ -20,7 +21,8 @@ class Progress:
     """Progress display of one run (a no-op on ranks other than 0 and when ``quiet``)."""
 
     def __init__(self, total: int, initial: int, *, enabled: bool, desc: str = "train") -> None:
-        self.enabled = enabled
+        self.enabled, self.total, self.initial = enabled, total, initial
+        self.started = time.perf_counter()
         self.bar = None
         if enabled and sys.stderr.isatty():
             self.bar = tqdm(total=total, initial=initial, desc=desc, unit="it", dynamic_ncols=True,
@@ -35,6 +37,15 @@ class Progress:
             parts["alert"] = alert if len(alert) <= ALERT_WIDTH else alert[:ALERT_WIDTH - 1] + "…"
         self.bar.set_postfix(parts, refresh=False)
         self.bar.update(step - self.bar.n)
+
+    def note(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Without a bar (not a terminal), print a progress line: step, losses and speed."""
+        if not self.enabled or self.bar is not None:
+            return
+        done = step - self.initial
+        rate = done / max(time.perf_counter() - self.started, 1e-9)
+        losses = "  ".join(f"{label} {scalars[name]:.3f}" for name, label in BAR_FIELDS if name in scalars)
+        print(f"step {step}/{self.total}  {losses}  ({rate:.2f} it/s)", flush=True)
 
     def write(self, line: str) -> None:
         """Print an event line (not in quiet mode)."""
