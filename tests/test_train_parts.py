@@ -6,7 +6,6 @@ import random
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gradscope.train.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -274,3 +273,17 @@ def test_one_power_iteration_per_discriminator_update_and_none_in_the_generator_
     # weights and power-iteration vectors untouched (the sigma buffers re-read u^T W v of the current W)
     assert all(torch.equal(before[k], v) for k, v in trainer.D.state_dict().items() if "sigma" not in k)
     assert all(p.grad is None for p in trainer.D.parameters())
+
+
+def test_bf16_autocast_path_trains_with_float32_losses_and_weights(tmp_path):
+    # train() refuses --amp on CPU; the trainer's autocast path itself is device-agnostic, so exercise it here.
+    from gradscope.data import load_dataset
+    from gradscope.train.distributed import DistContext
+    from gradscope.train.loop import Trainer
+
+    cfg = RunConfig(image_size=8, batch_size=4, amp="bf16", loss="wgan-gp", eval_every=0, quiet=True)
+    trainer = Trainer(cfg, load_dataset("digits", image_size=8), device=torch.device("cpu"),
+                      context=DistContext(), run_dir=tmp_path)
+    values = trainer.train_step(1)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in values.values())
+    assert all(p.dtype == torch.float32 for p in [*trainer.D.parameters(), *trainer.G.parameters()])

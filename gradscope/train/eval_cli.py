@@ -10,9 +10,6 @@ import json
 import time
 from pathlib import Path
 
-EVAL_DIR = "eval"
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``gradscope eval`` arguments."""
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by gradscope run")
@@ -69,6 +66,7 @@ def execute(args: argparse.Namespace) -> int:
     """Evaluate, print and store the numbers."""
     from gradscope.record.storage import write_json
     from gradscope.train.progress import format_metrics
+    from gradscope.train.rundir import EVAL_DIR
 
     started = time.perf_counter()
     step, count, metrics = evaluate_checkpoint(args.run_dir, args.checkpoint, samples=args.samples,

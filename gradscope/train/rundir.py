@@ -2,7 +2,7 @@
 
 Nothing already on disk is overwritten unless asked (``--overwrite``), and
 ``--overwrite`` only removes what gradscope writes: the recorder's files, the
-checkpoints and the sample pictures.
+checkpoints, the sample pictures and stored evaluations.
 """
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from typing import Any
 
 from gradscope.train.checkpoint import CHECKPOINT_DIR, list_checkpoints
 from gradscope.train.config import RUNTIME_FIELDS, RunConfig
+from gradscope.train.evaluation import SAMPLES_DIR
 
-SAMPLES_DIR = "samples"
 CONFIG_FILE = "config.json"
+#: Where ``gradscope eval`` stores its numbers inside a run.
+EVAL_DIR = "eval"
 #: config.json keys that are not RunConfig fields (written by the trainer for readers of the run).
 EXTRA_KEYS = ("recorder", "world_size")
 
@@ -75,7 +77,7 @@ def prepare_new_run(run_dir: str | os.PathLike[str], config: RunConfig, *, overw
         return
     if overwrite:
         if clear and _is_gradscope_run(path):
-            for folder in (CHECKPOINT_DIR, SAMPLES_DIR):
+            for folder in (CHECKPOINT_DIR, SAMPLES_DIR, EVAL_DIR):
                 shutil.rmtree(path / folder, ignore_errors=True)
         return
     if not _is_gradscope_run(path):
