@@ -199,7 +199,7 @@ def checkpoint_discriminators(run_dir: str | Path) -> list[tuple[int, nn.Module]
     from gradscope.train.rundir import config_of_run
 
     config = config_of_run(run_dir)
-    dataset = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.resolved_image_size,
+    dataset = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
                            seed=config.seed)
     found = []
     for step, path in list_checkpoints(run_dir):
