@@ -13,7 +13,8 @@ what is observed -> what is concluded):
 - training: :class:`RunConfig`, :func:`resume` and ``gradscope.train.train(config)`` (the
   sub-package ``gradscope.train`` holds the trainer, so the function is not re-exported);
 - sample quality: :func:`evaluate_generator`, :func:`frechet_distance`,
-  :func:`inception_score`, :func:`kernel_inception_distance`, :func:`mode_metrics`.
+  :func:`inception_score`, :func:`kernel_inception_distance`, :func:`mode_metrics`;
+- figures and reports from recorded runs: :func:`plot_runs`, :func:`write_report`.
 
 Names are imported on first use, so ``import gradscope`` (and the CLI) start fast.
 
@@ -68,6 +69,8 @@ _EXPORTS: dict[str, str] = {
     "inception_score": "gradscope.metrics",
     "kernel_inception_distance": "gradscope.metrics",
     "mode_metrics": "gradscope.metrics",
+    "plot_runs": "gradscope.plot.runs",
+    "write_report": "gradscope.plot.report",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -79,6 +82,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gradscope.metrics import (evaluate_generator, frechet_distance, inception_score,
                                    kernel_inception_distance, mode_metrics)
     from gradscope.models import ARCHS, build_pair
+    from gradscope.plot.report import write_report
+    from gradscope.plot.runs import plot_runs
     from gradscope.norms import (NORMS, SpectralParametrization, effective_weight, normalize,
                                  parametrization_of, raw_weight)
     from gradscope.record import STATS, AlertRule, Recorder, Run, RunWriter, load_run

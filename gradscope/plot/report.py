@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gradscope.plot.runs import FIGURES, LabelledRun, load_runs, plot_runs
+from gradscope.record.storage import atomic_write_text
 
 MAX_ALERT_ROWS = 50
 _VERDICT_CLASS = {"holds": "ok", "violated": "bad", "inconclusive": "meh"}
@@ -164,9 +165,26 @@ def build_report(runs: Sequence[str | os.PathLike] = (), analyses: Sequence[str 
 
 def write_report(out: str | os.PathLike, runs: Sequence[str | os.PathLike] = (),
                  analyses: Sequence[str | os.PathLike] = (), **kwargs: Any) -> Path:
-    """Write :func:`build_report` to ``out`` (parent directories created); return the path."""
+    """Write :func:`build_report` as one self-contained HTML file; return its path.
+
+    Parent directories are created, and the file is replaced atomically, so an
+    interrupted call never leaves a half-written report over an older one.
+
+    Parameters
+    ----------
+    out : path
+        The ``.html`` file to write.
+    runs, analyses, **kwargs
+        As for :func:`build_report`.
+
+    Examples
+    --------
+    >>> import gradscope
+    >>> gradscope.write_report("report.html", runs=["runs/sn", "runs/bssn"])  # doctest: +SKIP
+    PosixPath('report.html')
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build_report(runs, analyses, **kwargs), encoding="utf-8")
+    atomic_write_text(out, build_report(runs, analyses, **kwargs))
     return out
 
