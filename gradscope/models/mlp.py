@@ -44,7 +44,8 @@ class MLPDiscriminator(nn.Module):
     hidden : int
         Width of each hidden layer.
     depth : int
-        Number of hidden layers.
+        Number of hidden layers; with the output layer, ``depth + 1`` linear
+        layers for a normalization to act on.
 
     Examples
     --------

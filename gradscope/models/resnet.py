@@ -150,11 +150,10 @@ class ResNetGenerator(ImageGenerator):
     Parameters
     ----------
     image_size : {32, 128}
-        Selects the CIFAR-10 or the ImageNet width table.
-    channels : int
-        Output channels.
-    z_dim : int
-        Latent size (128 in the reference).
+        Selects the CIFAR-10 or the ImageNet table: a 4x4 base grid of 256 or
+        1024 channels, then 3 or 5 upsampling blocks.
+    channels, z_dim : int
+        Output channels; latent size (128 in the reference).
 
     Examples
     --------

@@ -111,10 +111,8 @@ class SNDCGANGenerator(ImageGenerator):
     ----------
     image_size : int
         Output height = width, a multiple of 8; the base grid is ``image_size // 8``.
-    channels : int
-        Output channels.
-    z_dim : int
-        Latent size (128 in the reference).
+    channels, z_dim : int
+        Output channels; latent size (128 in the reference).
 
     Examples
     --------
