@@ -237,6 +237,23 @@ def test_cache_directory_comes_from_the_environment(digits_cache, tmp_path, monk
     assert SampleQuality("digits").extractor.loaded_from_cache  # a name resolves through the same cache
 
 
+def test_cache_and_data_directories_share_one_root(tmp_path, monkeypatch):
+    from gradscope.data import default_data_dir
+    from gradscope.metrics import default_cache_dir
+
+    monkeypatch.delenv("GRADSCOPE_CACHE", raising=False)
+    monkeypatch.delenv("GRADSCOPE_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "gradscope"
+    assert default_data_dir() == default_cache_dir() / "data"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "gradscope"
+    monkeypatch.setenv("GRADSCOPE_CACHE", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine"
+    assert default_cache_dir("~/given") == tmp_path / "home" / "given"
+
+
 def test_corrupt_cache_entry_is_retrained(tmp_path, monkeypatch):
     path = tmp_path / "metrics" / f"digits-classifier-{VERSION}-seed0.pt"
     path.parent.mkdir()

@@ -8,12 +8,28 @@ from pathlib import Path
 DATA_ENV = "GRADSCOPE_DATA"
 
 
+def user_cache_root() -> Path:
+    """The ``gradscope`` folder in the user's cache directory; datasets and metric caches live below it.
+
+    ``$XDG_CACHE_HOME`` (default ``~/.cache``) on Linux and macOS,
+    ``%LOCALAPPDATA%`` on Windows. The directory is not created here.
+
+    Examples
+    --------
+    >>> user_cache_root().name
+    'gradscope'
+    """
+    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
+        cache = Path(os.environ["LOCALAPPDATA"])
+    else:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    return cache / "gradscope"
+
+
 def default_data_dir() -> Path:
     """The directory datasets are read from when ``--data-dir`` is not given.
 
-    ``$GRADSCOPE_DATA`` if set, else ``gradscope/data`` inside the user's cache
-    directory: ``$XDG_CACHE_HOME`` (default ``~/.cache``) on Linux and macOS,
-    ``%LOCALAPPDATA%`` on Windows.
+    ``$GRADSCOPE_DATA`` if set, else ``data`` inside :func:`user_cache_root`.
 
     Examples
     --------
@@ -23,11 +39,7 @@ def default_data_dir() -> Path:
     explicit = os.environ.get(DATA_ENV)
     if explicit:
         return Path(explicit).expanduser()
-    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
-        cache = Path(os.environ["LOCALAPPDATA"])
-    else:
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-    return cache / "gradscope" / "data"
+    return user_cache_root() / "data"
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:

@@ -14,15 +14,18 @@ from typing import Any
 
 import torch
 
+from gradscope.data.locations import user_cache_root
+
 __all__ = ["default_cache_dir", "load_cached", "save_atomic"]
 
 CACHE_ENV = "GRADSCOPE_CACHE"
 
 
 def default_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The cache directory: ``cache_dir`` if given, else ``$GRADSCOPE_CACHE``, else ``~/.cache/gradscope``.
+    """The cache directory: ``cache_dir`` if given, else ``$GRADSCOPE_CACHE``, else :func:`~gradscope.data.locations.user_cache_root`.
 
-    ``$XDG_CACHE_HOME`` replaces ``~/.cache`` when set. The directory is not created here.
+    That is ``~/.cache/gradscope`` by default, ``$XDG_CACHE_HOME/gradscope``
+    when ``$XDG_CACHE_HOME`` is set. The directory is not created here.
 
     Examples
     --------
@@ -33,8 +36,7 @@ def default_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
         return Path(cache_dir).expanduser()
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "gradscope"
+    return user_cache_root()
 
 
 def save_atomic(obj: Any, path: Path) -> None:
