@@ -113,7 +113,8 @@ def test_help_documents_every_flag_with_its_default(capsys):
                  "--n-dis", "--lr-d", "--lr-g", "--betas B1,B2", "--seed", "--device {auto,cpu,cuda,mps}", "--out",
                  "--config FILE", "--preset {A,B,C}", "--eval-every", "--eval-samples", "--record-every",
                  "--exact-every", "--no-record", "--checkpoint-every", "--sample-every", "--ema", "--amp",
-                 "--compile", "--data-dir", "--download", "--image-size", "--resume DIR", "--overwrite", "--quiet"):
+                 "--compile", "--data-dir", "--download", "--image-size", "--resume DIR", "--overwrite", "--quiet",
+                 "--inception-weights PATH", "pt_inception-2015-12-05"):
         assert flag in text, flag
     assert "(default: sn)" in text and "(default: hinge)" in text and "(default: 0.5,0.999)" in text
     assert "(default: None)" not in text and "(default: False)" not in text
@@ -127,6 +128,8 @@ def test_help_documents_every_flag_with_its_default(capsys):
     (["--amp", "bf16", "--device", "cpu"], "--amp bf16 needs a CUDA device"),
     (["--compile", "--device", "cpu"], "--compile needs a CUDA device"),
     (["--resume", "nowhere", "--norm", "bsn"], "--norm, --out cannot change"),
+    (["--inception-weights", "/nonexistent/pt_inception.pth"],
+     "--inception-weights /nonexistent/pt_inception.pth: no such file"),
 ])
 def test_cli_usage_errors_are_one_line_with_exit_2(capsys, tmp_path, argv, fragment):
     assert cli.main(["run", *argv, "--out", str(tmp_path / "r")]) == 2
@@ -153,6 +156,24 @@ def test_resume_and_eval_of_a_directory_that_is_not_a_run(capsys, tmp_path):
     assert "is not a gradscope run" in _one_error_line(capsys)
     assert cli.main(["eval", str(tmp_path)]) == 2
     assert "is not a gradscope run" in _one_error_line(capsys)
+
+
+def test_eval_rejects_a_missing_inception_weights_file_in_one_line(capsys, tmp_path):
+    missing = tmp_path / "pt_inception-2015-12-05.pth"
+    assert cli.main(["eval", str(tmp_path), "--inception-weights", str(missing)]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("gradscope eval: error: --inception-weights ") and "no such file" in line
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--help"])
+    assert "--inception-weights PATH" in capsys.readouterr().out
+
+
+def test_inception_weights_is_a_runtime_setting_kept_as_a_string(tmp_path):
+    cfg = RunConfig(inception_weights=tmp_path / "w.pth")
+    assert cfg.inception_weights == str(tmp_path / "w.pth")  # a missing file is reported when a run starts
+    assert "inception_weights" not in cfg.identity()
+    with pytest.raises(ValueError, match="inception_weights must be a file path"):
+        RunConfig(inception_weights=3)
 
 
 def test_usage_error_exit_code_through_a_subprocess(tmp_path):

@@ -287,3 +287,47 @@ def test_bf16_autocast_path_trains_with_float32_losses_and_weights(tmp_path):
     values = trainer.train_step(1)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in values.values())
     assert all(p.dtype == torch.float32 for p in [*trainer.D.parameters(), *trainer.G.parameters()])
+
+
+def _random_inception_weights(path: Path) -> Path:
+    """torch-fidelity's Inception-v3 at a random initialisation, saved as a state dict (nothing downloaded)."""
+    from gradscope.metrics.inception import InceptionUnavailable, torch_fidelity_inception_class
+
+    try:
+        cls = torch_fidelity_inception_class()[0]
+    except InceptionUnavailable as exc:
+        pytest.skip(f"torch-fidelity's Inception cannot be loaded here: {exc}")
+    empty = path.with_name("empty.pth")
+    torch.save({}, empty)
+    with pytest.MonkeyPatch.context() as patch, torch.random.fork_rng(devices=[]):
+        patch.setattr(cls, "load_state_dict", lambda self, state_dict, strict=True: None)
+        torch.manual_seed(0)
+        network = cls("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
+    torch.save(network.state_dict(), path)
+    return path
+
+
+def test_inception_weights_flag_reaches_the_extractor(tmp_path, monkeypatch):
+    import hashlib
+
+    from gradscope.metrics import clear_extractor_cache
+
+    monkeypatch.setenv("GRADSCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # an empty hub cache: only the flag can help
+    weights = _random_inception_weights(tmp_path / "pt_inception-2015-12-05.pth")
+    data_dir = Path(_make_data("folder", tmp_path / "data")) / "any"
+    clear_extractor_cache()
+    out = tmp_path / "run"
+    try:
+        assert cli.main(["run", "--dataset", "folder", "--data-dir", str(data_dir), "--image-size", "8",
+                         "--batch-size", "2", "--workers", "0", "--iterations", "1", "--eval-every", "1",
+                         "--eval-samples", "2", "--eval-metrics", "kid", "--exact-every", "0", "--no-record",
+                         "--quiet", "--inception-weights", str(weights), "--out", str(out)]) == 0
+    finally:
+        clear_extractor_cache()
+    scalars = load_run(out).scalars
+    kid = scalars[scalars["name"] == "inception_kid_mean"]
+    assert list(kid["step"]) == [0, 1] and kid["value"].notna().all()
+    # The reference statistics are keyed by the extractor's name, which carries the weights file's digest.
+    cached = list((tmp_path / "cache" / "reference").glob("*.pt"))
+    assert len(cached) == 1 and hashlib.sha256(weights.read_bytes()).hexdigest()[:10] in cached[0].name

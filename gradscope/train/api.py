@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from gradscope.train.checkpoint import find_checkpoint, load_checkpoint
-from gradscope.train.config import POINT_DATASETS, RunConfig, default_run_dir
+from gradscope.train.config import POINT_DATASETS, RunConfig, check_inception_weights, default_run_dir
 from gradscope.train.distributed import SMALL_IMAGE_SIZE, DistContext, configure_threads, init_distributed, \
     resolve_device
 from gradscope.train.loop import LoopOutcome, Trainer
@@ -150,7 +150,7 @@ def resume(run_dir: str | os.PathLike[str], **changes: Any) -> RunResult:
     """Continue the run in ``run_dir`` from its newest checkpoint, exactly as if it had never stopped.
 
     ``changes`` may set runtime fields only (``iterations`` to train longer,
-    ``device``, ``quiet``, ``data_dir``, ``workers``, ``download``).
+    ``device``, ``quiet``, ``data_dir``, ``workers``, ``download``, ``inception_weights``).
 
     Examples
     --------
@@ -173,6 +173,7 @@ def _agreed_run_dir(config: RunConfig, context: DistContext) -> Path:
 
 def _execute(config: RunConfig, *, resuming: bool, overwrite: bool) -> RunResult:
     started = time.perf_counter()
+    check_inception_weights(config.inception_weights)
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     check_accelerator_options(config, device)
     context = init_distributed(device.type)

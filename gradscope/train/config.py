@@ -37,7 +37,11 @@ GENERIC_DEFAULTS: dict[str, Any] = {"image_size": None, "batch_size": 64, "ema":
 #: Fields that say where and how a run executes, not what it computes: they may
 #: differ between an interrupted run and its continuation.
 RUNTIME_FIELDS: frozenset[str] = frozenset(
-    {"out", "device", "data_dir", "download", "workers", "quiet", "iterations"})
+    {"out", "device", "data_dir", "download", "workers", "quiet", "iterations", "inception_weights"})
+#: What ``--inception-weights`` must hold; named in its help and in the error for a missing file.
+INCEPTION_WEIGHTS_FILE = "torch-fidelity's pt_inception-2015-12-05 weights (weights-inception-2015-12-05-6726825d.pth)"
+INCEPTION_WEIGHTS_HELP = (f"local file of {INCEPTION_WEIGHTS_FILE}, for Inception FID / IS / KID without a "
+                          "download (offline machines); default: torch hub's cache")
 
 
 def _opt(default: Any, help_text: str, **extra: Any) -> Any:
@@ -111,6 +115,8 @@ class RunConfig:
     data_dir: str | None = _opt(None, "where dataset files live; default $GRADSCOPE_DATA or "
                                       "~/.cache/gradscope/data")
     download: bool = _opt(False, "download missing cifar10 / stl10 files (with checksum verification)")
+    inception_weights: str | None = _opt(None, INCEPTION_WEIGHTS_HELP + "; Inception is used for image "
+                                               "datasets other than digits", metavar="PATH")
     workers: int = _opt(2, "data-loading worker processes for datasets read from files")
     out: str | None = _opt(None, "run directory; default ./runs/<dataset>-<arch>-<norm>-<loss>-s<seed>-<time>")
     quiet: bool = _opt(False, "no progress bar and no per-evaluation lines; errors are still printed")
@@ -158,6 +164,10 @@ class RunConfig:
         for name in ("z_dim", "image_size", "slopes_every"):
             if getattr(self, name) is not None:
                 check_int_at_least(name, getattr(self, name), 1)
+        if self.inception_weights is not None:
+            if not isinstance(self.inception_weights, (str, os.PathLike)) or not str(self.inception_weights):
+                raise ValueError(f"inception_weights must be a file path, got {self.inception_weights!r}")
+            set_(self, "inception_weights", str(self.inception_weights))
         for name in ("record", "download", "compile", "quiet"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -282,6 +292,29 @@ def resolve_config(flags: dict[str, Any], config_file: str | os.PathLike[str] | 
     preset = merged.get("preset")
     base = preset_values(preset, merged.get("dataset")) if preset is not None else {}
     return RunConfig(**{**base, **merged})
+
+
+def check_inception_weights(path: str | os.PathLike[str] | None) -> str | None:
+    """``path`` (``~`` expanded) when it is an existing file or ``None``; otherwise a one-line ``ValueError``.
+
+    Checked when a run or an evaluation starts rather than in :class:`RunConfig`,
+    so that a run directory copied to another machine can still be read.
+
+    Examples
+    --------
+    >>> check_inception_weights(None) is None
+    True
+    >>> check_inception_weights("/nonexistent/inception.pth")
+    Traceback (most recent call last):
+    ...
+    ValueError: --inception-weights /nonexistent/inception.pth: no such file; expected a local file of torch-fidelity's pt_inception-2015-12-05 weights (weights-inception-2015-12-05-6726825d.pth)
+    """
+    if path is None:
+        return None
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"--inception-weights {path}: no such file; expected a local file of {INCEPTION_WEIGHTS_FILE}")
+    return str(file)
 
 
 def default_run_dir(config: RunConfig, root: str | os.PathLike[str] = "runs") -> Path:

@@ -10,6 +10,9 @@ import json
 import time
 from pathlib import Path
 
+from gradscope.train.config import INCEPTION_WEIGHTS_HELP, check_inception_weights
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``gradscope eval`` arguments."""
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by gradscope run")
@@ -20,6 +23,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extractor", default="auto", metavar="{auto,digits,inception}",
                         help="feature extractor: digits classifier for digits, Inception (optional library) "
                              "elsewhere, with a fallback to the digits one")
+    parser.add_argument("--inception-weights", default=None, metavar="PATH",
+                        help=INCEPTION_WEIGHTS_HELP + "; default: the run's --inception-weights when that file "
+                             "still exists")
     parser.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,mps}", help="where to generate")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="where the dataset files are (default: the run's --data-dir)")
@@ -29,8 +35,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def evaluate_checkpoint(run_dir: str | Path, step: int | None = None, *, samples: int | None = None,
                         extractor: str = "auto", device: str = "auto",
-                        data_dir: str | None = None) -> tuple[int, int, dict[str, float]]:
+                        data_dir: str | None = None,
+                        inception_weights: str | None = None) -> tuple[int, int, dict[str, float]]:
     """``(step, samples, metrics)`` of a run's checkpoint; the EMA generator when the run kept one.
+
+    ``inception_weights`` must name an existing file when given; otherwise the
+    run's own ``inception_weights`` is used if that file is still there.
 
     Examples
     --------
@@ -46,7 +56,10 @@ def evaluate_checkpoint(run_dir: str | Path, step: int | None = None, *, samples
     from gradscope.train.networks import build_networks
     from gradscope.train.rundir import config_of_run
 
+    weights = check_inception_weights(inception_weights)
     config = config_of_run(run_dir)
+    if weights is None and config.inception_weights is not None and Path(config.inception_weights).is_file():
+        weights = config.inception_weights
     if samples is not None:
         check_int_at_least("--samples", samples, 2)
     target = resolve_device(device)
@@ -58,7 +71,7 @@ def evaluate_checkpoint(run_dir: str | Path, step: int | None = None, *, samples
     count = samples or config.eval_samples
     with torch.random.fork_rng():
         metrics = evaluate_generator(generator.to(target), dataset, n_samples=count, extractor=extractor,
-                                     device=target, seed=config.seed)
+                                     device=target, seed=config.seed, inception_weights=weights)
     return int(payload["step"]), count, {k: float(v) for k, v in metrics.items()}
 
 
@@ -70,7 +83,8 @@ def execute(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     step, count, metrics = evaluate_checkpoint(args.run_dir, args.checkpoint, samples=args.samples,
-                                        extractor=args.extractor, device=args.device, data_dir=args.data_dir)
+                                               extractor=args.extractor, device=args.device,
+                                               data_dir=args.data_dir, inception_weights=args.inception_weights)
     target = Path(args.json) if args.json else Path(args.run_dir) / EVAL_DIR / f"step_{step:08d}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     write_json(target, {"step": step, "samples": count, "extractor": args.extractor, "metrics": metrics})

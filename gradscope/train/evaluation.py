@@ -54,7 +54,8 @@ class Evaluator:
         with _forked(self.device):
             values = evaluate_generator(generator, self.dataset, n_samples=self.config.eval_samples,
                                         device=self.device, seed=self.config.seed,
-                                        metrics=self.config.eval_metrics)
+                                        metrics=self.config.eval_metrics,
+                                        inception_weights=self.config.inception_weights)
         return {k: float(v) for k, v in values.items()}, time.perf_counter() - started
 
     def _latents(self, generator: nn.Module) -> torch.Tensor:
