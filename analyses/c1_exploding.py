@@ -75,7 +75,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from analyses.common import AnalysisResult, Check, check_at_least, check_at_most, scale_params
-from analyses.layers import WeightLayer, layer_sigmas, weight_layers
+from gradscope.linalg import WeightLayer, layer_sigmas, weight_layers
 from gradscope.models import MLPDiscriminator, SNDCGANDiscriminator
 from gradscope.norms.base import effective_weight, raw_weight
 from gradscope.plot import style
@@ -160,7 +160,7 @@ def plain_discriminator(model: nn.Module, *, biases: bool = False, raw: bool = F
 
 
 def exact_sigmas(model: nn.Module, example: Tensor) -> list[dict[str, float]]:
-    """:func:`analyses.layers.layer_sigmas` of every weight layer (operator norms to ``OPERATOR_TOL``)."""
+    """:func:`gradscope.linalg.layer_sigmas` of every weight layer (operator norms to ``OPERATOR_TOL``)."""
     return [layer_sigmas(layer, tol=OPERATOR_TOL) for layer in weight_layers(model, example)]
 
 

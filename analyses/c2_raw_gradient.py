@@ -66,8 +66,7 @@ from analyses.c1_exploding import (DTYPE, checkpoint_discriminators, normalized_
                                    real_batch)
 from analyses.common import (INCONCLUSIVE, VIOLATED, AnalysisResult, Check, check_at_least, check_at_most,
                              scale_params)
-from analyses.layers import weight_layers
-from gradscope.linalg import reshape_weight
+from gradscope.linalg import reshape_weight, weight_layers
 from gradscope.models import MLPDiscriminator, SNDCGANDiscriminator
 from gradscope.plot import style
 

@@ -80,9 +80,8 @@ from torch.func import functional_call
 from analyses.c1_exploding import DTYPE, normalized_copy, plain_discriminator, real_batch, train_checkpoints
 from analyses.c2_raw_gradient import spectral_normalize, top_singular_pair
 from analyses.common import HOLDS, INCONCLUSIVE, AnalysisResult, Check, check_at_most, scale_params
-from analyses.layers import weight_layers
 from gradscope._checks import check_choice
-from gradscope.linalg import lanczos, power_iteration, reshape_weight
+from gradscope.linalg import lanczos, power_iteration, reshape_weight, weight_layers
 from gradscope.models import MLPDiscriminator, SNDCGANDiscriminator
 from gradscope.plot import style
 

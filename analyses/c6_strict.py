@@ -18,11 +18,11 @@ Derivations
 (1), upper: output position ``j`` is ``W P_j x`` with ``P_j`` the patch
 extraction, so ``||conv(x)||^2 = sum_j ||W P_j x||^2 <= sigma_fwd^2 sum_j ||P_j x||^2``
 and every input entry lies in at most ``ceil(k/s)^2`` patches (2-D, dilation
-1; :meth:`analyses.layers.WeightLayer.overlap_factor` counts the general
+1; :meth:`gradscope.linalg.WeightLayer.overlap_factor` counts the general
 case). (1), lower: put the top right singular vector of the reshape into one
 patch that lies wholly inside the input; its image has norm ``>= sigma_fwd``.
 This needs some window to lie wholly inside the unpadded input
-(:attr:`analyses.layers.WeightLayer.patch_fits`); windows start at
+(:attr:`gradscope.linalg.WeightLayer.patch_fits`); windows start at
 ``j * stride - padding``, so at 16 x 16 images neither SNDCGAN's conv7 (a
 3x3 window on a 2 x 2 input) nor conv6 (4x4/2 windows starting at -1 and 1
 on a 4 x 4 input) qualifies, and ``sigma_op < sigma_fwd`` happens there
@@ -87,9 +87,9 @@ import torch
 from torch import nn
 
 from analyses.common import AnalysisResult, check_at_least, check_at_most, check_close, scale_params
-from analyses.layers import WeightLayer, layer_sigmas, weight_layers
 from analyses.probe import digits_batch, recorded_pass
 from gradscope.init import init_
+from gradscope.linalg import WeightLayer, layer_sigmas, weight_layers
 from gradscope.models import SNDCGANDiscriminator
 from gradscope.plot import style
 

@@ -34,10 +34,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from analyses.layers import WeightLayer, weight_layers
 from gradscope._checks import check_choice, check_int_at_least, check_positive
 from gradscope.init import INIT_SCHEMES, init_, layer_fans
-from gradscope.linalg import conv_operator_norm, reshape_norms
+from gradscope.linalg import WeightLayer, conv_operator_norm, reshape_norms, weight_layers
 from gradscope.models import SNDCGANDiscriminator
 from gradscope.norms import NORMS, SCALED_NORMS, normalize, parametrization_of, raw_weight
 

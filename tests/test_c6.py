@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from analyses import c6_strict as c6
-from analyses.layers import layer_sigmas, weight_layers
+from gradscope.linalg import layer_sigmas, weight_layers
 from gradscope.models import SNDCGANDiscriminator
 
 

@@ -1,7 +1,7 @@
 """The weight layers of a model with the geometry they see, and their three spectral norms.
 
-Shared by the analyses that compare a conv layer's reshape norms with its
-operator norm (C1, C6): :func:`weight_layers` runs one forward pass to learn
+Used wherever a conv layer's reshape norms are compared with its operator
+norm (the C1 and C6 analyses, ``gradscope demo``): :func:`weight_layers` runs one forward pass to learn
 each layer's input size, :func:`layer_sigmas` computes ``sigma_fwd``,
 ``sigma_bwd`` (dense SVD of the reshapes) and ``sigma_op`` (the convolution as
 an operator on that input size, :func:`gradscope.linalg.conv_operator_norm`).
@@ -14,7 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from gradscope.linalg import conv_operator_norm, reshape_norms
+# Submodules, not the package: gradscope.linalg imports this module last, and
+# gradscope.norms (pulled in by norms.base) imports gradscope.linalg.
+from gradscope.linalg.operator_norm import conv_operator_norm
+from gradscope.linalg.reshape import reshape_norms
 from gradscope.norms.base import effective_weight
 
 _CONV = nn.modules.conv._ConvNd
