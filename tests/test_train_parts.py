@@ -194,3 +194,52 @@ def test_image_grid_places_tiles_and_maps_range(tmp_path):
 
     path = save_image_grid(torch.rand(5, 3, 16, 16) * 2 - 1, tmp_path / "g.png")
     assert Image.open(path).mode == "RGB"
+
+
+# --- what the generator starts from -------------------------------------------------------------------
+
+def _step0_generator(tmp_path, **settings):
+    from gradscope.data import load_dataset
+    from gradscope.metrics import generate_samples
+    from gradscope.train import RunConfig
+    from gradscope.train.distributed import DistContext
+    from gradscope.train.loop import Trainer
+
+    config = RunConfig(image_size=8, batch_size=4, ema=0.99, workers=0, **settings)
+    dataset = load_dataset("digits", image_size=8)
+    trainer = Trainer(config, dataset, device=torch.device("cpu"), context=DistContext(), run_dir=tmp_path)
+    samples = torch.cat(list(generate_samples(trainer.sampling_generator, 8, seed=config.seed)))
+    return trainer.G.state_dict(), samples
+
+
+def test_step0_generator_does_not_depend_on_the_discriminator(tmp_path):
+    """Same seed: G's weights, buffers and step-0 samples are bit-identical whatever D's norm, scale or init."""
+    from gradscope.norms import NORMS
+
+    reference, reference_samples = _step0_generator(tmp_path, norm="none", seed=3)
+    variants = [{"norm": norm, "scale": 1.4 if norm != "none" else 1.0} for norm in NORMS]
+    variants.append({"norm": "bssn", "init": "lecun"})
+    for settings in variants:
+        state, samples = _step0_generator(tmp_path, seed=3, **settings)
+        assert state.keys() == reference.keys()
+        for key, value in state.items():
+            assert torch.equal(value, reference[key]), (settings, key)
+        assert torch.equal(samples, reference_samples), settings
+    other, other_samples = _step0_generator(tmp_path, norm="none", seed=4)
+    assert not torch.equal(other["stem.0.weight"], reference["stem.0.weight"])
+    assert not torch.equal(other_samples, reference_samples)
+
+
+def test_thread_rule_ignores_the_environment_for_small_runs_and_keeps_a_recorded_count(monkeypatch):
+    from gradscope.train.distributed import configure_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    try:
+        assert configure_threads(small=True) == 1 == torch.get_num_threads()
+        assert configure_threads(small=False) == 2 == torch.get_num_threads()
+        assert configure_threads(small=True, recorded=3) == 3 == torch.get_num_threads()
+        with pytest.raises(ValueError, match="recorded thread count"):
+            configure_threads(recorded=0)
+    finally:
+        torch.set_num_threads(before)

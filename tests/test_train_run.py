@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -331,3 +332,22 @@ def test_inception_weights_flag_reaches_the_extractor(tmp_path, monkeypatch):
     # The reference statistics are keyed by the extractor's name, which carries the weights file's digest.
     cached = list((tmp_path / "cache" / "reference").glob("*.pt"))
     assert len(cached) == 1 and hashlib.sha256(weights.read_bytes()).hexdigest()[:10] in cached[0].name
+
+
+def test_two_processes_give_identical_numbers_whatever_their_thread_setting(tmp_path):
+    """A small run's numbers depend on its config only: a sweep worker (OMP_NUM_THREADS = its share of the
+    cores) and a plain `gradscope run` write the same bits. Two threads used to change d_fake at step 1."""
+    argv = ["run", "--norm", "sn", "--iterations", "3", "--batch-size", "8", "--eval-every", "0", "--sample-every",
+            "0", "--exact-every", "0", "--checkpoint-every", "3", "--quiet"]
+    outs = {}
+    for threads in ("1", "2"):
+        outs[threads] = tmp_path / f"threads{threads}"
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONHASHSEED": threads}
+        proc = subprocess.run([sys.executable, "-m", "gradscope", *argv, "--out", str(outs[threads])],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    for table in ("scalars", "layers"):
+        (first,), (second,) = (sorted((outs[t] / table).glob("*.csv")) for t in ("1", "2"))
+        assert first.read_bytes() == second.read_bytes(), table
+    _assert_same_run(outs["1"], outs["2"], 3)
+    assert all(json.loads((out / "config.json").read_text())["cpu_threads"] == 1 for out in outs.values())

@@ -31,7 +31,7 @@ from gradscope.train.distributed import SMALL_IMAGE_SIZE, DistContext, configure
     resolve_device
 from gradscope.train.loop import LoopOutcome, Trainer
 from gradscope.train.progress import Progress
-from gradscope.train.rundir import prepare_new_run, resume_config
+from gradscope.train.rundir import prepare_new_run, resume_config, stored_config
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -179,7 +179,8 @@ def _execute(config: RunConfig, *, resuming: bool, overwrite: bool) -> RunResult
     context = init_distributed(device.type)
     try:
         small = config.dataset in POINT_DATASETS or (config.image_size or SMALL_IMAGE_SIZE + 1) <= SMALL_IMAGE_SIZE
-        configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), small=small)
+        recorded = (stored_config(config.out) or {}).get("cpu_threads") if resuming else None
+        threads = configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), small=small, recorded=recorded)
         run_dir = _agreed_run_dir(config, context)
         config = config.replace(out=str(run_dir))
         payload = None
@@ -190,7 +191,7 @@ def _execute(config: RunConfig, *, resuming: bool, overwrite: bool) -> RunResult
             prepare_new_run(run_dir, config, overwrite=overwrite, clear=context.is_main)
         context.barrier()  # every rank has checked --out before rank 0 writes into it
         dataset = _load_data(config, context)
-        outcome, trainer = _train(config, dataset, device, context, run_dir, payload, resuming, overwrite)
+        outcome, trainer = _train(config, dataset, device, context, run_dir, payload, resuming, overwrite, threads)
     finally:
         context.close()
     code = {"done": EXIT_OK, "diverged": EXIT_DIVERGED}.get(outcome.state, EXIT_SIGNAL_BASE + (outcome.signal or 2))
@@ -216,7 +217,8 @@ def _load_data(config: RunConfig, context: DistContext):
 
 
 def _train(config: RunConfig, dataset, device: torch.device, context: DistContext, run_dir: Path,
-           payload: dict[str, Any] | None, resuming: bool, overwrite: bool) -> tuple[LoopOutcome, Trainer]:
+           payload: dict[str, Any] | None, resuming: bool, overwrite: bool,
+           threads: int) -> tuple[LoopOutcome, Trainer]:
     from gradscope.record import Recorder, RunWriter
 
     start = int(payload["step"]) if payload is not None else 0
@@ -237,7 +239,7 @@ def _train(config: RunConfig, dataset, device: torch.device, context: DistContex
         if payload is not None:
             trainer.load_state_dict(payload)
         if writer is not None:
-            writer.write_config({**config.to_dict(), "world_size": context.world_size,
+            writer.write_config({**config.to_dict(), "world_size": context.world_size, "cpu_threads": threads,
                                  "recorder": recorder.settings() if recorder is not None else None})
             writer.write_provenance(seed=config.seed, device=str(device))
             writer.set_status("running", step=trainer.step)

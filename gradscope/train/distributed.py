@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gradscope._checks import check_choice
+from gradscope._checks import check_choice, check_int_at_least
 
 
 @dataclass
@@ -104,19 +104,35 @@ def available_cpus() -> int:
 SMALL_IMAGE_SIZE = 16
 
 
-def configure_threads(local_world_size: int = 1, *, small: bool = False) -> int:
-    """Set this process's CPU threads, unless ``OMP_NUM_THREADS`` decides; return the count.
+def configure_threads(local_world_size: int = 1, *, small: bool = False, recorded: int | None = None) -> int:
+    """Set this process's CPU threads by a fixed rule; return the count.
 
-    ``small`` problems (the 2D sets, images of at most 16 pixels) use one thread: their
-    kernels are too short to profit from a thread pool, and on a busy machine the pool's
-    threads wait on each other (measured on 2 shared cores, default digits job: 0.19 s per
-    iteration on one thread, 0.47 s on two). Otherwise each local process gets an equal share
-    of the CPUs. The count is a fixed rule, not a timing, because it changes the rounding of
-    reductions: a resumed run must use the same count to continue bit for bit.
+    The count changes the rounding of reductions, so it decides a run's numbers
+    to the last bit: the rule depends on the run, never on timing. In order:
+
+    - ``recorded``: the count a run being resumed used (it continues bit for bit);
+    - ``small`` problems (the 2D sets, images of at most 16 pixels) use one
+      thread, whatever ``OMP_NUM_THREADS`` says: the same config then gives the
+      same numbers in any process on any core count (a sweep's worker, whose
+      environment sets ``OMP_NUM_THREADS`` to its share of the cores, included),
+      and their kernels are too short to profit from a pool (measured on 2 shared
+      cores, default digits job: 0.19 s per iteration on one thread, 0.47 s on two);
+    - ``OMP_NUM_THREADS`` when set;
+    - else an equal share of the CPUs for each local process.
+
+    Examples
+    --------
+    >>> configure_threads(small=True)
+    1
     """
-    if "OMP_NUM_THREADS" in os.environ:
-        return torch.get_num_threads()
-    threads = 1 if small else max(1, available_cpus() // max(1, local_world_size))
+    if recorded is not None:
+        threads = check_int_at_least("recorded thread count", recorded, 1)
+    elif small:
+        threads = 1
+    elif os.environ.get("OMP_NUM_THREADS", "").strip().isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        threads = int(os.environ["OMP_NUM_THREADS"])
+    else:
+        threads = max(1, available_cpus() // max(1, local_world_size))
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     return threads

@@ -20,7 +20,7 @@ CONFIG_FILE = "config.json"
 #: Where ``gradscope eval`` stores its numbers inside a run.
 EVAL_DIR = "eval"
 #: config.json keys that are not RunConfig fields (written by the trainer for readers of the run).
-EXTRA_KEYS = ("recorder", "world_size")
+EXTRA_KEYS = ("recorder", "world_size", "cpu_threads")
 
 
 def stored_config(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
