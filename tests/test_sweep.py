@@ -82,6 +82,26 @@ def test_local_sweep_runs_every_point_skips_done_runs_and_summarizes(tmp_path):
     assert pd.read_csv(out / "summary.csv").shape[0] == 2
     assert {p.name for p in figures} >= {"collapse_fraction.png", "final_quality_box.pdf"}
     assert all(p.stat().st_size > 1000 for p in figures)
+    assert (table["unlike_sweep"] == "").all()
+
+
+def test_summary_flags_runs_made_with_other_settings_than_the_rest(tmp_path, caplog):
+    """What spoiled a C8 sweep: half its runs started before a default changed (image size, EMA) in the code."""
+    spec = parse_spec({"base": {**TINY, "iterations": 2}, "grid": {"seed": [0, 1, 2]}})
+    out = tmp_path / "sweep"
+    run_sweep(spec, out, max_parallel=2, echo=lambda *_: None)
+    odd = out / "runs" / spec.points[1].run_id
+    config = json.loads((odd / "config.json").read_text())
+    config["ema"] = 0.5
+    (odd / "config.json").write_text(json.dumps(config))
+    provenance = json.loads((odd / "provenance.json").read_text())
+    provenance["git_commit"] = "0123abc"
+    (odd / "provenance.json").write_text(json.dumps(provenance))
+    with caplog.at_level("WARNING", logger="gradscope.sweep"):
+        table = summarize(out)[0].set_index("run")["unlike_sweep"]
+    assert table[spec.points[1].run_id].startswith("code 0123abc vs ") and "; ema 0.5 vs 0.0" in table.iloc[1]
+    assert table[spec.points[0].run_id] == table[spec.points[2].run_id] == ""  # seeds differ: that is the grid
+    assert len(caplog.records) == 1 and "1 of 3 runs differ from the rest beyond the grid" in caplog.text
 
 
 def test_a_different_spec_in_the_same_directory_is_refused(tmp_path):

@@ -6,11 +6,22 @@ its own best: final FID > ``FID_COLLAPSE_FACTOR`` x best FID on image data, or f
 modes covered < ``MODES_COLLAPSE_FRACTION`` x its best on the 2D sets. Runs that
 failed (an error, not training dynamics) or have not finished are listed but neither
 collapsed nor counted in the fractions.
+
+Runs of one sweep are comparable only if they differ in the grid's parameters alone.
+Each ``gradscope run`` resolves its defaults when it starts, from the code installed at
+that moment: a sweep that runs while the code changes (an editable install being
+edited, an upgrade between a sweep and its resumption) can mix settings. The table's
+``unlike_sweep`` column names, for each run, the settings beyond the grid (and the
+code version) in which it differs from most of the sweep, and a warning says so.
 """
 from __future__ import annotations
 
+import json
+import logging
 import math
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +30,9 @@ from gradscope.plot import style
 from gradscope.record import load_run
 from gradscope.sweep.manifest import Manifest
 from gradscope.sweep.runner import run_dir_of
+from gradscope.train.config import RUNTIME_FIELDS
+
+logger = logging.getLogger("gradscope.sweep")
 
 FID_COLLAPSE_FACTOR = 1.5
 MODES_COLLAPSE_FRACTION = 0.5
@@ -26,6 +40,8 @@ MODES_COLLAPSE_FRACTION = 0.5
 FID_NAMES = ("inception_fid", "digits_fid")
 IS_NAMES = ("inception_is_mean", "digits_is_mean")
 MODES_NAME = "modes_covered"
+#: config.json keys that may differ between the runs of one sweep: where and how each executes.
+PER_RUN_KEYS = frozenset(RUNTIME_FIELDS) | {"cpu_threads"}
 
 
 def _series(scalars: pd.DataFrame, names: tuple[str, ...]) -> tuple[str | None, pd.Series]:
@@ -54,6 +70,37 @@ def run_row(run_id: str, run_dir: Path, entry) -> dict:
     return row
 
 
+def fixed_settings(config: dict[str, Any], provenance: dict[str, Any], grid_keys: set[str]) -> dict[str, Any]:
+    """What should be equal across a sweep's runs: the run's settings outside the grid, and its code version."""
+    varied = {key.replace("-", "_") for key in grid_keys}
+    settings = {k: v for k, v in config.items() if k not in PER_RUN_KEYS and k not in varied}
+    settings["code"] = provenance.get("git_commit") or provenance.get("gradscope")
+    return settings
+
+
+def unlike_majority(settings: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """For each run, ``"key value vs majority_value; ..."`` where its settings differ from the most common ones.
+
+    Examples
+    --------
+    >>> unlike_majority({"a": {"ema": 0.0}, "b": {"ema": 0.99}, "c": {"ema": 0.99}})
+    {'a': 'ema 0.0 vs 0.99', 'b': '', 'c': ''}
+    """
+    def encode(values: dict[str, Any]) -> str:
+        return json.dumps(values, sort_keys=True, default=str)
+
+    if not settings:
+        return {}
+    common = json.loads(Counter(encode(v) for v in settings.values()).most_common(1)[0][0])
+    out = {}
+    for run_id, values in settings.items():
+        mine = json.loads(encode(values))
+        keys = sorted(set(mine) | set(common))
+        out[run_id] = "; ".join(f"{k.replace('_', '-')} {mine.get(k)!r} vs {common.get(k)!r}".replace("'", "")
+                                for k in keys if mine.get(k) != common.get(k))
+    return out
+
+
 def collapsed(row: dict) -> bool | float:
     """The collapse rule of the module docstring; NaN for runs that failed or did not finish."""
     if row["status"] == "diverged":
@@ -74,6 +121,22 @@ def summary_table(directory: str | Path) -> pd.DataFrame:
     if manifest is None:
         raise FileNotFoundError(f"{directory} has no manifest.json: it is not a gradscope sweep directory")
     rows = [run_row(run_id, run_dir_of(directory, run_id), entry) for run_id, entry in manifest.runs.items()]
+    grid_keys = {key for entry in manifest.runs.values() for key in entry.params}
+    settings = {}
+    for run_id in manifest.runs:
+        run_dir = run_dir_of(directory, run_id)
+        if (run_dir / "config.json").exists():
+            run = load_run(run_dir)
+            settings[run_id] = fixed_settings(run.config, run.provenance, grid_keys)
+    unlike = unlike_majority(settings)
+    for row in rows:
+        row["unlike_sweep"] = unlike.get(row["run"], "")
+    odd = [run_id for run_id, text in unlike.items() if text]
+    if odd:
+        logger.warning(f"sweep {directory}: {len(odd)} of {len(unlike)} runs differ from the rest beyond the grid "
+                       f"({unlike[odd[0]]} in {odd[0]}); the code or its defaults changed while the sweep ran: "
+                       "their numbers are not comparable (see the unlike_sweep column); delete those run "
+                       "directories and run the sweep again")
     return pd.DataFrame(rows)
 
 
