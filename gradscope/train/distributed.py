@@ -120,10 +120,8 @@ def configure_threads(local_world_size: int = 1, *, small: bool = False, recorde
     - ``OMP_NUM_THREADS`` when set;
     - else an equal share of the CPUs for each local process.
 
-    Examples
-    --------
-    >>> configure_threads(small=True)
-    1
+    ``gradscope run`` records the count in ``config.json`` (``cpu_threads``) and
+    passes it back as ``recorded`` on ``--resume``.
     """
     if recorded is not None:
         threads = check_int_at_least("recorded thread count", recorded, 1)
