@@ -65,27 +65,23 @@ must-hold: (a) the product of *reshape* norms in place of operator norms in
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
-from analyses.common import AnalysisResult, Check, check_at_least, check_at_most, scale_params
-from gradscope.linalg import WeightLayer, layer_sigmas, weight_layers
+from analyses.common import AnalysisResult, Check, check_at_least, check_at_most, start_result
+from analyses.plain_networks import DTYPE, INIT_STATES, exact_sigmas, normalized_copy, plain_discriminator
+from analyses.probe import probe_inputs, real_batch
+from analyses.training import train_checkpoints
+from gradscope.linalg import WeightLayer, weight_layers
 from gradscope.models import MLPDiscriminator, SNDCGANDiscriminator
-from gradscope.norms.base import effective_weight, raw_weight
 from gradscope.plot import style
 
 CLAIM = "C1"
 TITLE = "Exploding gradients are bounded by products of layer operator norms"
-DTYPE = torch.float64
-#: Weight states at initialization: as initialized, strict SN (operator norms), popular SN (reshape norms).
-INIT_STATES: tuple[str, ...] = ("none", "strict", "popular")
-OPERATOR_TOL = 1e-9
 
 #: ``sndcgan``: image side of the SNDCGAN measured at init; ``train_sndcgan`` / ``train_mlp``: settings of
 #: the short runs whose checkpoints are measured (``None``: not at this scale).
@@ -103,139 +99,6 @@ PARAMS = {
               "train_mlp": {"dataset": "ring8", "iterations": 10000, "batch_size": 256,
                             "checkpoint_every": 2500}},
 }
-
-
-# ----------------------------------------------------------------------------- networks and inputs
-
-def _plain_layer(module: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:
-    """A fresh, un-parametrized layer of ``module``'s original type holding ``weight`` and ``bias``.
-
-    Parametrized modules are rebuilt rather than un-parametrized in place:
-    ``remove_parametrizations`` edits the module's class, which a deep copy
-    shares with the original model.
-    """
-    cls = parametrize.type_before_parametrizations(module)
-    with_bias = bias is not None
-    if issubclass(cls, nn.Linear):
-        layer = cls(module.in_features, module.out_features, bias=with_bias)
-    elif issubclass(cls, nn.modules.conv._ConvTransposeNd):
-        layer = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                    module.output_padding, module.groups, with_bias, module.dilation, module.padding_mode)
-    else:
-        layer = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                    module.dilation, module.groups, with_bias, module.padding_mode)
-    with torch.no_grad():
-        layer.weight.copy_(weight)
-        if with_bias:
-            layer.bias.copy_(bias)
-    return layer
-
-
-def plain_discriminator(model: nn.Module, *, biases: bool = False, raw: bool = False) -> nn.Module:
-    """A float64 copy of ``model`` computing with its effective weights, without parametrizations.
-
-    Each normalized layer's weight becomes the weight it computes with
-    (``scale * gamma * W / sigma`` from its buffers, no power-iteration step),
-    or its raw, un-normalized weight with ``raw=True``; a gamma-scaled bias
-    becomes ``gamma * b``. ``biases=False`` removes every Linear/Conv bias (the
-    networks of claims C1-C3 are bias-free). ``model`` is not modified.
-
-    Examples
-    --------
-    >>> D = plain_discriminator(MLPDiscriminator(hidden=4))
-    >>> [m.bias for m in D.modules() if isinstance(m, nn.Linear)]
-    [None, None, None, None]
-    """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"expected an nn.Module, got {type(model).__name__}")
-    clone = copy.deepcopy(model).eval()
-    for name, module in list(clone.named_modules()):
-        if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
-            continue
-        weight = raw_weight(module).detach() if raw else effective_weight(module)
-        bias = module.bias.detach() if biases and module.bias is not None else None
-        parent, _, child = name.rpartition(".")
-        setattr(clone.get_submodule(parent) if parent else clone, child, _plain_layer(module, weight, bias))
-    return clone.to(DTYPE).requires_grad_(True)
-
-
-def exact_sigmas(model: nn.Module, example: Tensor) -> list[dict[str, float]]:
-    """:func:`gradscope.linalg.layer_sigmas` of every weight layer (operator norms to ``OPERATOR_TOL``)."""
-    return [layer_sigmas(layer, tol=OPERATOR_TOL) for layer in weight_layers(model, example)]
-
-
-def normalized_copy(model: nn.Module, example: Tensor, state: str, sigmas: list[dict[str, float]] | None = None
-                    ) -> tuple[nn.Module, list[dict[str, float]]]:
-    """A copy of a plain ``model`` with weights divided by their operator norms (``"strict"``),
-    their reshape norms (``"popular"``), or as they are (``"none"``), and the copy's sigmas.
-
-    ``sigmas`` (:func:`exact_sigmas` of ``model``) are computed when not given; the copy's
-    follow by homogeneity (every sigma of ``W / c`` is ``sigma / c``).
-    """
-    if state not in INIT_STATES:
-        raise ValueError(f"unknown weight state {state!r}; valid choices: {', '.join(INIT_STATES)}")
-    sigmas = exact_sigmas(model, example) if sigmas is None else sigmas
-    clone = copy.deepcopy(model)
-    if state == "none":
-        return clone, sigmas
-    key = "sigma_op" if state == "strict" else "sigma_fwd"
-    scaled = []
-    with torch.no_grad():
-        for layer, sigma in zip(weight_layers(clone, example), sigmas):
-            layer.module.weight.div_(sigma[key])
-            scaled.append({name: value / sigma[key] if name.startswith("sigma") else value
-                           for name, value in sigma.items()})
-    return clone, scaled
-
-
-def checkpoint_discriminators(run_dir: str | Path) -> list[tuple[int, nn.Module]]:
-    """``(step, D)`` for every checkpoint of a :func:`gradscope.train.train` run, oldest first.
-
-    ``D`` is the run's discriminator (normalization included) with the checkpoint's weights, in eval mode.
-    """
-    from gradscope.data import load_dataset
-    from gradscope.train.checkpoint import list_checkpoints, load_checkpoint
-    from gradscope.train.networks import build_networks
-    from gradscope.train.rundir import config_of_run
-
-    config = config_of_run(run_dir)
-    dataset = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-                           seed=config.seed)
-    found = []
-    for step, path in list_checkpoints(run_dir):
-        D, _ = build_networks(config, dataset)
-        D.load_state_dict(load_checkpoint(path)["D"])
-        found.append((step, D.eval()))
-    if not found:
-        raise FileNotFoundError(f"{run_dir} has no checkpoints to analyse")
-    return found
-
-
-def train_checkpoints(out: Path, norm: str, seed: int, settings: dict) -> list[tuple[int, nn.Module]]:
-    """Train a short run with :func:`gradscope.train.train` into ``out`` keeping every checkpoint."""
-    from analyses.training import train_run
-
-    train_run(out, norm=norm, seed=seed, keep_checkpoints=0, **settings)
-    return checkpoint_discriminators(out)
-
-
-def real_batch(dataset: str, size: int, seed: int, image_size: int | None = None, channels: int = 3) -> Tensor:
-    """``size`` training samples of a built-in dataset (images repeated to ``channels``), float64."""
-    from gradscope.data import load_dataset
-
-    if dataset == "digits":
-        from analyses.probe import digits_batch
-
-        return digits_batch(size, image_size, channels=channels, seed=seed).to(DTYPE)
-    data = load_dataset(dataset, seed=seed)
-    index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:size]
-    return data.get_batch(index).to(DTYPE)
-
-
-def probe_inputs(real: Tensor, seed: int) -> dict[str, Tensor]:
-    """The inputs every state is measured on: real samples and as many standard-normal ones."""
-    noise = torch.randn(real.shape, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
-    return {"real": real, "noise": noise}
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -460,11 +323,9 @@ def plot_bounds(samples: pd.DataFrame, layers: pd.DataFrame):
 
 def run(scale: str, out: Path, seed: int = 0) -> AnalysisResult:
     """Run C1 at ``scale`` into ``out``; see the module docstring for what is measured and judged."""
-    params = scale_params(scale, PARAMS)
-    out = Path(out)
-    result = AnalysisResult(CLAIM, TITLE, scale, out=out)
+    params, result = start_result(CLAIM, TITLE, scale, out, PARAMS)
     samples, layers = _init_states(params, seed)
-    trained_samples, trained_layers = _trained_states(params, out, seed)
+    trained_samples, trained_layers = _trained_states(params, result.out, seed)
     samples = pd.concat(samples + trained_samples, ignore_index=True)
     layers = pd.concat(layers + trained_layers, ignore_index=True)
     result.add_table("c1_samples", samples)

@@ -62,10 +62,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from analyses.c1_exploding import (DTYPE, checkpoint_discriminators, normalized_copy, plain_discriminator, probe_inputs,
-                                   real_batch)
 from analyses.common import (INCONCLUSIVE, VIOLATED, AnalysisResult, Check, check_at_least, check_at_most,
-                             scale_params)
+                             start_result)
+from analyses.plain_networks import DTYPE, normalized_copy, plain_discriminator
+from analyses.probe import probe_inputs, real_batch
+from analyses.training import checkpoint_discriminators
 from gradscope.linalg import reshape_weight, weight_layers
 from gradscope.models import MLPDiscriminator, SNDCGANDiscriminator
 from gradscope.plot import style
@@ -280,10 +281,8 @@ def plot_training(history: pd.DataFrame, table: pd.DataFrame):
 
 def run(scale: str, out: Path, seed: int = 0) -> AnalysisResult:
     """Run C2 at ``scale`` into ``out``; see the module docstring for what is measured and judged."""
-    params = scale_params(scale, PARAMS)
-    out = Path(out)
-    result = AnalysisResult(CLAIM, TITLE, scale, out=out)
-    table, history = _measure_all(params, out, seed)
+    params, result = start_result(CLAIM, TITLE, scale, out, PARAMS)
+    table, history = _measure_all(params, result.out, seed)
     result.add_table("c2_layers", table)
     result.add_table("c2_sigma_history", history)
     result.add(*gradient_checks(table))

@@ -77,9 +77,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from analyses.c1_exploding import DTYPE, normalized_copy, plain_discriminator, real_batch, train_checkpoints
 from analyses.c2_raw_gradient import spectral_normalize, top_singular_pair
-from analyses.common import HOLDS, INCONCLUSIVE, AnalysisResult, Check, check_at_most, scale_params
+from analyses.common import HOLDS, INCONCLUSIVE, AnalysisResult, Check, check_at_most, start_result
+from analyses.plain_networks import DTYPE, normalized_copy, plain_discriminator
+from analyses.probe import real_batch
+from analyses.training import train_checkpoints
 from gradscope._checks import check_choice
 from gradscope.linalg import lanczos, power_iteration, reshape_weight, weight_layers
 from gradscope.models import MLPDiscriminator, SNDCGANDiscriminator
@@ -301,9 +303,7 @@ def plot_curvature(table: pd.DataFrame):
 
 def run(scale: str, out: Path, seed: int = 0) -> AnalysisResult:
     """Run C3 at ``scale`` into ``out``; see the module docstring for what is measured and judged."""
-    params = scale_params(scale, PARAMS)
-    out = Path(out)
-    result = AnalysisResult(CLAIM, TITLE, scale, out=out)
+    params, result = start_result(CLAIM, TITLE, scale, out, PARAMS)
     torch.manual_seed(seed)
     size = params["image_size"]
     nets = {"mlp": (MLPDiscriminator(), real_batch("ring8", params["batch"], seed)),
@@ -315,7 +315,7 @@ def run(scale: str, out: Path, seed: int = 0) -> AnalysisResult:
                                      state="init", step=0))
     settings = params["train"]
     x = real_batch(settings["dataset"], params["batch"], seed)
-    for step, D in train_checkpoints(out / "runs" / "mlp-sn", "sn", seed, settings):
+    for step, D in train_checkpoints(result.out / "runs" / "mlp-sn", "sn", seed, settings):
         frames.append(curvature_rows(plain_discriminator(D, raw=True), x, ("power",), net="mlp",
                                      state="trained-sn", step=step))
     table = pd.concat(frames, ignore_index=True)

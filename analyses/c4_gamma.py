@@ -67,7 +67,7 @@ import pandas as pd
 from scipy.optimize import minimize
 
 from analyses.common import (HOLDS, INCONCLUSIVE, VIOLATED, AnalysisResult, Check, check_at_least, check_at_most,
-                             scale_params)
+                             start_result)
 from gradscope.plot import style
 
 CLAIM = "C4"
@@ -363,14 +363,12 @@ def plot_gammas(history: pd.DataFrame, summary: pd.DataFrame):
 
 def run(scale: str, out: Path, seed: int = 0) -> AnalysisResult:
     """Run C4 at ``scale`` into ``out``; see the module docstring for what is measured and judged."""
-    params = scale_params(scale, PARAMS)
-    out = Path(out)
-    result = AnalysisResult(CLAIM, TITLE, scale, out=out)
+    params, result = start_result(CLAIM, TITLE, scale, out, PARAMS)
     table = allocation_table(params["instances"], seed)
     result.add_table("c4_allocation", table)
     result.add(*allocation_checks(table))
     result.add(*symmetry_checks(seed))
-    summary, history = train_pairs(params, out, seed)
+    summary, history = train_pairs(params, result.out, seed)
     result.add_table("c4_runs", summary)
     result.add_table("c4_gamma_history", history)
     result.add(*experiment_checks(summary, scale))

@@ -86,7 +86,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from analyses.common import AnalysisResult, check_at_least, check_at_most, check_close, scale_params
+from analyses.common import AnalysisResult, check_at_least, check_at_most, check_close, start_result
 from analyses.probe import digits_batch, recorded_pass
 from gradscope.init import init_
 from gradscope.linalg import WeightLayer, layer_sigmas, weight_layers
@@ -312,8 +312,7 @@ def plot_gradients(grads: pd.DataFrame):
 
 def run(scale: str, out: Path, seed: int = 0) -> AnalysisResult:
     """Run C6 at ``scale`` into ``out``; see the module docstring for what is measured and judged."""
-    params = scale_params(scale, PARAMS)
-    result = AnalysisResult(CLAIM, TITLE, scale, out=Path(out))
+    params, result = start_result(CLAIM, TITLE, scale, out, PARAMS)
     generator = torch.Generator().manual_seed(seed)
     n = params["image_size"]
     example = torch.zeros(1, 3, n, n)
@@ -325,7 +324,7 @@ def run(scale: str, out: Path, seed: int = 0) -> AnalysisResult:
     if params["train"] is not None:
         from analyses.training import train_run
 
-        _, trained = train_run(Path(out) / "runs" / "sn", norm="sn", seed=seed, **params["train"])
+        _, trained = train_run(result.out / "runs" / "sn", norm="sn", seed=seed, **params["train"])
         rows += trained_kernel_rows(trained.discriminator.cpu(), n)
     table = pd.DataFrame(rows)
     result.add_table("c6_sigma_ratios", table)

@@ -66,7 +66,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analyses.common import AnalysisResult, Check, HOLDS, INCONCLUSIVE, VIOLATED, scale_params
+from analyses.common import AnalysisResult, Check, HOLDS, INCONCLUSIVE, VIOLATED, start_result
 from analyses.probe import digits_batch, recorded_pass
 from gradscope.init import init_
 from gradscope.models import SNDCGANDiscriminator
@@ -235,8 +235,7 @@ def plot_training(ratios: pd.DataFrame):
 
 def run(scale: str, out: Path, seed: int = 0) -> AnalysisResult:
     """Run C7 at ``scale`` into ``out``; see the module docstring for what is measured and judged."""
-    params = scale_params(scale, PARAMS)
-    result = AnalysisResult(CLAIM, TITLE, scale, out=Path(out))
+    params, result = start_result(CLAIM, TITLE, scale, out, PARAMS)
     ratios = ratio_table(params["image_size"], params["batch"], params["draws"], params["scales"], seed)
     result.add_table("c7_ratios_init", ratios)
     summary = distance_from_one(ratios, ["setup", "norm", "init", "c"])
@@ -248,7 +247,7 @@ def run(scale: str, out: Path, seed: int = 0) -> AnalysisResult:
     result.notes.append("c minimizing the distance at init: " + ", ".join(
         f"{row.family} c={row.c:.2f} ({row.both:.3f})" for row in best.itertuples()))
     if params["train"] is not None:
-        trained = training_ratios(Path(out), params["train"], seed)
+        trained = training_ratios(result.out, params["train"], seed)
         result.add_table("c7_ratios_training", trained)
         distance = distance_from_one(trained, ["setup"]).set_index("setup")["both"]
         for setup in [s for s in distance.index if s != "sn"]:

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from analyses.c4_gamma import paired_comparison
-from analyses.common import HOLDS, INCONCLUSIVE, VIOLATED, AnalysisResult, Check, check_at_most, scale_params
+from analyses.common import HOLDS, INCONCLUSIVE, VIOLATED, AnalysisResult, Check, check_at_most, start_result
 from gradscope.plot import style
 
 CLAIM = "C8"
@@ -197,10 +197,8 @@ def run(scale: str, out: Path, seed: int = 0) -> AnalysisResult:
     """Run C8 at ``scale`` into ``out``; see the module docstring for what is run and judged."""
     from gradscope.sweep.summarize import stability_figures
 
-    params = scale_params(scale, PARAMS)
-    out = Path(out)
-    result = AnalysisResult(CLAIM, TITLE, scale, out=out)
-    sweep_dirs = {dataset: out / "sweeps" / dataset for dataset in params["grids"]}
+    params, result = start_result(CLAIM, TITLE, scale, out, PARAMS)
+    sweep_dirs = {dataset: result.out / "sweeps" / dataset for dataset in params["grids"]}
     summary = pd.concat([run_grid(dataset, grid, sweep_dirs[dataset], seed, params["max_parallel"])
                          for dataset, grid in params["grids"].items()], ignore_index=True)
     history = quality_history(summary, sweep_dirs)

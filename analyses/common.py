@@ -23,8 +23,7 @@ Skeleton of an analysis module::
     PARAMS = {"tiny": {"steps": 5}, "small": {"steps": 500}, "paper": {"steps": 50_000}}
 
     def run(scale: str, out: Path, seed: int = 0) -> AnalysisResult:
-        p = scale_params(scale, PARAMS)            # validates the scale
-        result = AnalysisResult(CLAIM, TITLE, scale, out=Path(out))
+        p, result = start_result(CLAIM, TITLE, scale, out, PARAMS)  # validates the scale
         table = ...                                # tidy DataFrame
         result.add_table("c9_quantity", table)     # -> out/c9_quantity.csv
         fig, axes = style.new_figure(1, 2, title="...")
@@ -46,9 +45,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -237,6 +237,10 @@ class AnalysisResult:
     out: Path | None = None
     notes: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if self.out is not None:
+            self.out = Path(self.out)
+
     @property
     def ok(self) -> bool:
         """True when every must-hold check holds."""
@@ -362,3 +366,33 @@ def scale_params(scale: str, table: dict[str, dict]) -> dict:
     if missing:
         raise ValueError(f"scale table lacks {', '.join(missing)}")
     return dict(table[scale])
+
+
+def start_result(claim: str, title: str, scale: str, out: str | Path,
+                 params: Mapping[str, Mapping[str, Any]]) -> tuple[dict, AnalysisResult]:
+    """The opening of every analysis's ``run``: its parameters at ``scale`` and an empty result writing to ``out``.
+
+    Parameters
+    ----------
+    claim, title : str
+        The module's ``CLAIM`` and ``TITLE``.
+    scale : str
+        One of :data:`SCALES` (validated, one-line ``ValueError`` otherwise).
+    out : path
+        Directory the result's tables and figures go to; ``result.out`` is it as a ``Path``.
+    params : mapping
+        The module's per-scale parameter table (every scale of :data:`SCALES` present).
+
+    Returns
+    -------
+    (dict, AnalysisResult)
+        A copy of ``params[scale]`` and the result to fill.
+
+    Examples
+    --------
+    >>> p, result = start_result("C9", "a claim", "tiny", "out", {s: {"steps": 5} for s in SCALES})
+    >>> p, result.claim, result.out.name, result.checks
+    ({'steps': 5}, 'C9', 'out', [])
+    """
+    chosen = scale_params(scale, params)
+    return chosen, AnalysisResult(claim, title, scale, out=Path(out))

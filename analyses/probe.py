@@ -1,9 +1,10 @@
-"""One recorded forward / backward pass: the recorder's per-layer statistics of ``mean D(x)`` on a batch.
+"""Probing a discriminator at one moment: the input batches, and one recorded forward / backward pass.
 
 C6 and C7 look at per-layer gradient norms and variances of a discriminator
 at a given moment (at initialization, after training) without training it;
-this runs the real :class:`gradscope.record.Recorder` on a single pass so the
-numbers mean exactly what they mean in a recorded run.
+:func:`recorded_pass` runs the real :class:`gradscope.record.Recorder` on a
+single pass so the numbers mean exactly what they mean in a recorded run.
+C1-C3 evaluate gradients on :func:`probe_inputs` (real samples and noise).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from analyses.plain_networks import DTYPE
 from gradscope.record import Recorder
 
 #: Statistics of a single pass that the analyses read.
@@ -67,3 +69,20 @@ def digits_batch(size: int, image_size: int, channels: int = 3, seed: int = 0) -
     data = load_dataset("digits", image_size=image_size)
     index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:size]
     return data.get_batch(index).expand(-1, channels, -1, -1).contiguous()
+
+
+def real_batch(dataset: str, size: int, seed: int, image_size: int | None = None, channels: int = 3) -> Tensor:
+    """``size`` training samples of a built-in dataset (images repeated to ``channels``), float64."""
+    from gradscope.data import load_dataset
+
+    if dataset == "digits":
+        return digits_batch(size, image_size, channels=channels, seed=seed).to(DTYPE)
+    data = load_dataset(dataset, seed=seed)
+    index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:size]
+    return data.get_batch(index).to(DTYPE)
+
+
+def probe_inputs(real: Tensor, seed: int) -> dict[str, Tensor]:
+    """The inputs every state is measured on: real samples and as many standard-normal ones."""
+    noise = torch.randn(real.shape, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
+    return {"real": real, "noise": noise}

