@@ -9,12 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 from torch.nn.utils import parametrize
 
 from gradscope.linalg import conv_operator_norm, reshape_norms
 from gradscope.norms.base import SpectralParametrization, effective_weight
 from gradscope.record import STATS, AlertRule, Recorder
-from gradscope.record.probes import hessian_top_eigenvalues
+from gradscope.models import MLPDiscriminator
+from gradscope.norms import normalize
+from gradscope.record.probes import hessian_norms
 
 DT = torch.float64
 
@@ -474,36 +477,87 @@ def test_slopes_follow_their_own_schedule() -> None:
         Recorder(disc, every=2, slopes_every=3)
 
 
-def test_hessian_top_matches_dense_hessian_eigenvalue() -> None:
-    torch.manual_seed(3)
-    net = nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(0.1), nn.Linear(4, 2), nn.LeakyReLU(0.1), nn.Linear(2, 1))
-    net = net.to(DT)
-    parametrize.register_parametrization(net[2], "weight", ExactSN())
-    x = torch.randn(6, 3, dtype=DT)
-    raw = net[2].parametrizations.weight.original
-    (top_norm, top_plain) = hessian_top_eigenvalues(net, x, [raw, net[0].weight], iterations=500)
+def sn_mlp() -> tuple[nn.Module, torch.Tensor]:
+    """SN'd ReLU MLP 2-16-16-1; its first layer's eigenvalue of largest magnitude is negative."""
+    torch.manual_seed(0)
+    return normalize(MLPDiscriminator(hidden=16, depth=2).to(DT), "sn"), torch.randn(8, 2, dtype=DT)
 
-    def objective(w: torch.Tensor) -> torch.Tensor:
-        h = F.leaky_relu(net[0](x), 0.1)
-        w_eff = w / torch.linalg.matrix_norm(w, ord=2)
-        return net[4](F.leaky_relu(F.linear(h, w_eff, net[2].bias), 0.1)).mean()
 
-    dense = torch.autograd.functional.hessian(objective, raw.detach().clone())
-    eigenvalues = torch.linalg.eigvalsh(dense.reshape(raw.numel(), raw.numel()))
-    expected = eigenvalues[eigenvalues.abs().argmax()]
-    assert float(top_norm) == pytest.approx(float(expected), rel=1e-6)
-    # A plain leaky-ReLU net is piecewise linear in one layer's weight: zero curvature.
-    assert float(top_plain) == 0.0
+def sn_convnet() -> tuple[nn.Module, torch.Tensor]:
+    """SN'd leaky-ReLU conv 3x3 -> conv 4x4/2 -> linear with biases, on 6x6 inputs (<= 192 weights a layer)."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(3, 4, 4, stride=2, padding=1),
+                        nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(4 * 3 * 3, 1), nn.Flatten(0))
+    return normalize(net.to(DT), "sn"), torch.randn(5, 2, 6, 6, dtype=DT)
 
-    rec = Recorder({"D": net}, hessian_every=2, stats=["hessian_top"], hessian_iterations=500, alerts=[]).attach()
-    sigma_buffer = net[2].parametrizations.weight[0].sigma
+
+def dense_hessian_spectra(net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per raw weight, the eigenvalues of the dense float64 Hessian of mean(net(x)), each from a fresh copy
+    of ``net`` (so every evaluation starts from the same power-iteration buffers the probe starts from)."""
+    spectra = {}
+    for name, raw in net.named_parameters():
+        if raw.ndim < 2:
+            continue
+        def objective(flat: torch.Tensor, name=name, shape=raw.shape) -> torch.Tensor:
+            return functional_call(copy.deepcopy(net), {name: flat.reshape(shape)}, (x,)).mean()
+        hessian = torch.autograd.functional.hessian(objective, raw.detach().reshape(-1).clone())
+        spectra[name] = torch.linalg.eigvalsh(hessian)
+    return spectra
+
+
+@pytest.mark.parametrize("make", [sn_mlp, sn_convnet])
+def test_hessian_norms_match_the_dense_hessian_on_every_layer(make) -> None:
+    net, x = make()
+    spectra = dense_hessian_spectra(net, x)
+    params = dict(net.named_parameters())
+    buffers = [b.clone() for b in net.buffers()]
+    got = hessian_norms(net, x, [params[name] for name in spectra], max_iter=300, tol=1e-10)
+    assert all(torch.equal(a, b) for a, b in zip(buffers, net.buffers()))  # buffers restored
+    for (name, eigenvalues), value in zip(spectra.items(), got):
+        assert float(value) == pytest.approx(float(eigenvalues.abs().max()), rel=1e-8), name
+    last = spectra[list(spectra)[-1]]
+    # The single-output last layer: an exact pair +-lambda, where a power-iteration Rayleigh quotient stalls.
+    assert float(last[0]) == pytest.approx(-float(last[-1]), rel=1e-9)
+    if make is sn_mlp:
+        first = spectra[list(spectra)[0]]
+        assert -float(first[0]) > float(first[-1]) > 0  # the oracle covers a negative top eigenvalue
+
+
+def test_hessian_norms_with_the_recorders_budget_and_a_flat_layer() -> None:
+    net, x = sn_mlp()
+    spectra = dense_hessian_spectra(net, x)
+    params = dict(net.named_parameters())
+    # Default budget (20 Hessian-vector products, tol 1e-4) on 32-, 256- and 16-weight blocks.
+    for value, eigenvalues in zip(hessian_norms(net, x, [params[name] for name in spectra]), spectra.values()):
+        assert float(value) == pytest.approx(float(eigenvalues.abs().max()), rel=1e-6)
+    # A bias-free ReLU net is piecewise linear in each single weight: zero curvature, exactly.
+    plain = nn.Sequential(nn.Linear(3, 4, bias=False), nn.ReLU(), nn.Linear(4, 1, bias=False)).to(DT)
+    assert [float(v) for v in hessian_norms(plain, x.new_ones(2, 3), [plain[0].weight, plain[2].weight])] == [0, 0]
+
+
+def test_recorder_hessian_top_is_the_spectral_norm_of_every_layer_block() -> None:
+    net, x = sn_mlp()
+    oracle = copy.deepcopy(net)
+    rec = Recorder({"D": net}, hessian_every=2, stats=["hessian_top"], alerts=[]).attach()
+    before = [b.clone() for b in net.buffers()]
     net(x).mean().backward()
-    before = sigma_buffer.clone()
+    after_step = [b.clone() for b in net.buffers()]
+    assert not all(torch.equal(a, b) for a, b in zip(before, after_step))  # training's power step moved u, v
+    oracle(x)  # the same power step; the probe then differentiates one more forward from there
+    spectra = dense_hessian_spectra(oracle, x)
     rec.step(0, "d")
-    assert torch.equal(sigma_buffer, before)  # the probe restored the buffers
-    table = rec.run().layers
-    value = table[table["layer"] == "2"]["value"].iloc[0]
-    assert value == pytest.approx(float(expected), rel=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(after_step, net.buffers()))  # the probe's step is undone
+    table = rec.run().layers.sort_values("layer_index")
+    assert list(table["stat"]) == ["hessian_top"] * 3
+    expected = [float(e.abs().max()) for e in spectra.values()]
+    assert list(table["value"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_hessian_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="hessian_tol must be a finite number > 0"):
+        Recorder(make_disc(), hessian_every=1, hessian_tol=0)
+    with pytest.raises(ValueError, match="hessian_iterations must be an integer >= 1"):
+        Recorder(make_disc(), hessian_every=1, hessian_iterations=0)
 
 
 def test_foreign_parametrization_uses_the_observed_effective_weight() -> None:

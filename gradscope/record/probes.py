@@ -1,4 +1,4 @@
-"""Extra passes the recorder makes on its own: per-sample input-gradient norms and Hessian eigenvalues.
+"""Extra passes the recorder makes on its own: per-sample input-gradient norms and Hessian spectral norms.
 
 They run the net again, so they restore its buffers (power-iteration vectors,
 batch-norm statistics) and the random-number state afterwards: training with
@@ -11,6 +11,9 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+
+from gradscope._checks import check_int_at_least, check_positive
+from gradscope.linalg.hvp import hessian_extremes
 
 
 @contextmanager
@@ -66,39 +69,45 @@ def input_gradient_norms(net: nn.Module, x: Tensor | Sequence[Tensor],
     return norms[0] if single else norms
 
 
-def hessian_top_eigenvalues(net: nn.Module, x: Tensor, weights: Sequence[Tensor], iterations: int = 20,
-                            seed: int = 0) -> list[Tensor]:
-    """Per weight ``W_t``, the eigenvalue of largest magnitude of the Hessian of ``mean(net(x))`` w.r.t. ``W_t``.
+def hessian_norms(net: nn.Module, x: Tensor, weights: Sequence[Tensor], max_iter: int = 20, tol: float = 1e-4,
+                  seed: int = 0) -> list[Tensor]:
+    """Per weight ``W_t``, ``||H_t||_2``: the largest |eigenvalue| of the Hessian of ``mean(net(x))`` in ``W_t``.
 
-    Power iteration with Hessian-vector products (double backward) from a
-    seeded random start, ``iterations`` steps per weight; the result is the
-    Rayleigh quotient of the last iterate (signed). A block the objective
-    does not curve in (e.g. a plain ReLU net, piecewise linear in each single
-    weight) gives exactly 0. Buffers and RNG are restored afterwards.
+    This is C3's "top Hessian eigenvalue per layer": the spectral norm of the
+    diagonal Hessian block of layer ``t`` (a magnitude, >= 0; the eigenvalue of
+    largest magnitude is often negative, and for the last layer of an SN'd
+    (leaky) ReLU net comes as an exact pair ``+-lambda``). It is taken by
+    symmetric Lanczos on Hessian-vector products (double backward; see
+    :func:`gradscope.linalg.hvp.symmetric_lanczos`) from a seeded Gaussian start,
+    at most ``max_iter`` products per weight, stopping once the residual of the
+    extreme Ritz pair is within ``tol`` (relative). Unconverged values are lower
+    bounds of ``||H_t||_2``. A block the objective does not curve in (e.g. a plain
+    ReLU net, piecewise linear in each single weight) gives exactly 0. The net
+    runs once, in its current mode (a normalization's power step included, as
+    in training); buffers and RNG are restored afterwards.
 
     Returns
     -------
     list of Tensor
-        0-d tensors (on the weights' device), one per weight.
+        0-d tensors (on each weight's device and of its dtype), one per weight.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1))
+    >>> [float(h) >= 0 for h in hessian_norms(net, torch.randn(4, 2), [net[0].weight, net[2].weight])]
+    [True, True]
     """
+    check_int_at_least("max_iter", max_iter, 1)
+    check_positive("tol", tol)
     with preserved_state(net, x.device), torch.enable_grad():
         objective = net(x.detach()).mean()
         grads = torch.autograd.grad(objective, list(weights), create_graph=True, allow_unused=True)
-        generator = torch.Generator(device=x.device).manual_seed(seed)
-        eigenvalues = []
+        norms = []
         for weight, grad in zip(weights, grads):
-            zero = torch.zeros((), device=weight.device, dtype=weight.dtype)
-            if grad is None or not grad.requires_grad:
-                eigenvalues.append(zero)
+            if grad is None:
+                norms.append(torch.zeros((), device=weight.device, dtype=weight.dtype))
                 continue
-            v = torch.randn(weight.shape, generator=generator, device=x.device, dtype=weight.dtype).to(weight.device)
-            v = v / torch.linalg.vector_norm(v)
-            value = zero
-            for _ in range(iterations):
-                (hv,) = torch.autograd.grad(grad, weight, grad_outputs=v, retain_graph=True, allow_unused=True)
-                if hv is None:
-                    break
-                value = torch.sum(hv * v)
-                v = hv / torch.linalg.vector_norm(hv).clamp_min(torch.finfo(hv.dtype).tiny)
-            eigenvalues.append(value.detach())
-        return eigenvalues
+            generator = torch.Generator(device=weight.device).manual_seed(seed)
+            result = hessian_extremes(grad, weight, tol=tol, max_iter=max_iter, generator=generator, warn=False)
+            norms.append(torch.tensor(result.norm, device=weight.device, dtype=weight.dtype))
+        return norms

@@ -11,12 +11,12 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from gradscope._checks import check_int_at_least
+from gradscope._checks import check_int_at_least, check_positive
 from gradscope.record.alerts import DEFAULT_RULES, AlertMonitor, AlertRule, print_alert
 from gradscope.record.buffer import PackedStep, StepBuffer, copy_to_host
 from gradscope.record.hooks import Observer
 from gradscope.record.layers import Layer, discover_layers, normalize_models
-from gradscope.record.probes import hessian_top_eigenvalues, input_gradient_norms
+from gradscope.record.probes import hessian_norms, input_gradient_norms
 from gradscope.record.reader import ALERT_COLUMNS, Run, load_run, tidy_table
 from gradscope.record.schedule import Schedule
 from gradscope.record.stats import EXACT, SLOPE_SCALARS, resolve_stats, stats_for
@@ -49,11 +49,15 @@ class Recorder:
     alerts : iterable of AlertRule, optional
         Alert rules; ``None`` uses :data:`DEFAULT_RULES`, ``[]`` disables alerts.
     hessian_every : int, optional
-        Record ``hessian_top`` on steps divisible by it (nets with one output per sample, or ``hessian_nets``).
+        Record ``hessian_top`` (``||H||_2`` of each layer's Hessian block of ``mean(net(x))``, see
+        :func:`gradscope.record.probes.hessian_norms`) on steps divisible by it, for nets with one output
+        per sample (or ``hessian_nets``), on the first batch the net saw in that step.
     device_sync_every : int, optional
         Copy values from the device after this many recorded steps (default ``flush_every``).
     hessian_iterations : int
-        Power-iteration steps per layer for ``hessian_top``.
+        Most Lanczos steps (Hessian-vector products) per layer for ``hessian_top``.
+    hessian_tol : float
+        Relative residual at which a layer's ``hessian_top`` counts as converged and stops early.
     hessian_nets : iterable of str, optional
         Nets whose Hessian to probe (default: those returning one value per sample).
     slopes_every : int, optional
@@ -84,7 +88,7 @@ class Recorder:
                  stats: Iterable[str] | None = None, out: str | os.PathLike | RunWriter | None = None,
                  flush_every: int = 100, alerts: Iterable[AlertRule] | None = None,
                  hessian_every: int | None = None, device_sync_every: int | None = None, *,
-                 hessian_iterations: int = 20, hessian_nets: Iterable[str] | None = None,
+                 hessian_iterations: int = 20, hessian_tol: float = 1e-4, hessian_nets: Iterable[str] | None = None,
                  slopes_every: int | None = None, tensorboard: bool = False,
                  alert_printer: Callable[[str], None] | None = print_alert, start_step: int = 0) -> None:
         self.models = normalize_models(models)
@@ -95,6 +99,7 @@ class Recorder:
         self.device_sync_every = self.flush_every if device_sync_every is None else \
             check_int_at_least("device_sync_every", device_sync_every, 1)
         self.hessian_iterations = check_int_at_least("hessian_iterations", hessian_iterations, 1)
+        self.hessian_tol = float(check_positive("hessian_tol", hessian_tol))
         self.stats = resolve_stats(stats, self.exact_every is not None, self.hessian_every is not None)
         self._want = set(self.stats)
         self.layers: dict[str, list[Layer]] = discover_layers(self.models)
@@ -248,8 +253,8 @@ class Recorder:
                 continue
             layers = [layer for layer in self.layers[net] if layer.raw.requires_grad]
             with self.paused():
-                values = hessian_top_eigenvalues(self.models[net], x, [layer.raw for layer in layers],
-                                                 self.hessian_iterations)
+                values = hessian_norms(self.models[net], x, [layer.raw for layer in layers],
+                                       self.hessian_iterations, self.hessian_tol)
             for layer, value in zip(layers, values):
                 buffer.add(layer.uid, "hessian_top", value)
 

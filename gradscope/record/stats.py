@@ -9,8 +9,8 @@ schedule:
   host synchronization;
 - ``"exact"``: taken every ``exact_every`` steps (dense SVD and a conv
   operator norm; these do synchronize);
-- ``"hessian"``: taken every ``hessian_every`` steps (Hessian-vector-product
-  power iteration, several extra backward passes).
+- ``"hessian"``: taken every ``hessian_every`` steps (Lanczos on Hessian-vector
+  products: up to ``hessian_iterations`` extra double-backward passes per layer).
 
 Activation and gradient statistics pool every forward / backward pass of a
 layer between two ``Recorder.step`` calls, as if the batches had been
@@ -62,7 +62,8 @@ STATS: dict[str, StatInfo] = {
     "sigma_raw_fwd": StatInfo(EXACT, "exact spectral norm of the raw weight's forward reshape (c_out first)"),
     "sigma_raw_bwd": StatInfo(EXACT, "exact spectral norm of the raw weight's backward reshape (c_in first)"),
     "sigma_op": StatInfo(EXACT, "operator norm of the layer with W_eff on its real input size (C6)"),
-    "hessian_top": StatInfo(HESSIAN, "top eigenvalue of the Hessian of mean D(x) w.r.t. the raw weight (C3)"),
+    "hessian_top": StatInfo(HESSIAN, "||H||_2, the largest |eigenvalue| of the Hessian of mean D(x) in the raw "
+                                      "weight (C3)"),
 }
 
 #: Scalar names written by ``Recorder.record_input_gradients`` (``kind`` is e.g. "real" or "fake").
