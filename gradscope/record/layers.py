@@ -1,7 +1,6 @@
 """Which modules the recorder watches, and what it needs to know about each of them."""
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,12 +8,11 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from gradscope.init import INITIALIZABLE_TYPES, layer_fans
 from gradscope.norms.base import SpectralParametrization, parametrization_of, raw_weight
 
 #: Layer types the recorder watches (normalized or not).
-SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-)
+SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = INITIALIZABLE_TYPES
 ROOT_NAME = "root"
 
 
@@ -33,9 +31,9 @@ class Layer:
     order : int
         Position in its net from input to output (first-run order once known).
     fan_in : float
-        Inputs summed into one output unit: ``in_features``; ``c_in/groups * prod(k)``
-        for a convolution; ``c_in/groups * prod(k) / prod(stride)`` on average for a
-        transposed convolution.
+        Inputs summed into one output unit (:func:`gradscope.init.layer_fans`, operator convention):
+        ``in_features``; ``c_in/groups * prod(k)`` for a convolution; ``c_in/groups * prod(k) / prod(stride)``
+        on average for a transposed convolution.
     """
 
     net: str
@@ -80,25 +78,6 @@ class Layer:
         return info
 
 
-def layer_fan_in(module: nn.Module) -> float:
-    """Number of inputs one output unit of ``module`` sums over (averaged for transposed convolutions).
-
-    Examples
-    --------
-    >>> layer_fan_in(nn.Conv2d(3, 8, 3))
-    27.0
-    >>> layer_fan_in(nn.ConvTranspose2d(16, 8, 4, stride=2))
-    64.0
-    """
-    if isinstance(module, nn.Linear):
-        return float(module.in_features)
-    kernel = math.prod(module.kernel_size)
-    fan_in = module.in_channels // module.groups * kernel
-    if module.transposed:
-        return fan_in / math.prod(module.stride)
-    return float(fan_in)
-
-
 def discover_layers(models: Mapping[str, nn.Module]) -> dict[str, list[Layer]]:
     """Every supported layer of every model, in registration order; ``ValueError`` if a model has none."""
     found: dict[str, list[Layer]] = {}
@@ -116,7 +95,7 @@ def discover_layers(models: Mapping[str, nn.Module]) -> dict[str, list[Layer]]:
             param = parametrization_of(module)
             foreign = param is None and parametrize.is_parametrized(module, "weight")
             layers.append(Layer(net=net, name=name or ROOT_NAME, module=module, uid=uid, order=len(layers),
-                                fan_in=layer_fan_in(module), transposed=bool(getattr(module, "transposed", False)),
+                                fan_in=layer_fans(module).fan_in, transposed=bool(getattr(module, "transposed", False)),
                                 parametrization=param, foreign=foreign))
             uid += 1
         if not layers:
