@@ -78,6 +78,21 @@ class Layer:
         return info
 
 
+def check_name(what: str, name: object) -> None:
+    """``ValueError`` unless ``name`` is a non-blank string that fits in one CSV field unquoted (nets, phases,
+    scalar names all become fields of the run's tables).
+
+    Examples
+    --------
+    >>> check_name("phase", "d,g")
+    Traceback (most recent call last):
+    ...
+    ValueError: phase must be a non-blank string without commas, quotes or newlines, got 'd,g'
+    """
+    if not isinstance(name, str) or not name.strip() or any(c in name for c in ",\n\r\""):
+        raise ValueError(f"{what} must be a non-blank string without commas, quotes or newlines, got {name!r}")
+
+
 def discover_layers(models: Mapping[str, nn.Module]) -> dict[str, list[Layer]]:
     """Every supported layer of every model, in registration order; ``ValueError`` if a model has none."""
     found: dict[str, list[Layer]] = {}
@@ -114,8 +129,7 @@ def normalize_models(models: nn.Module | Mapping[str, nn.Module]) -> dict[str, n
                          f"got {type(models).__name__}")
     out: dict[str, nn.Module] = {}
     for name, model in models.items():
-        if not isinstance(name, str) or not name.strip() or any(c in name for c in ",\n\r\""):
-            raise ValueError(f"model names must be non-empty strings without commas, quotes or newlines, got {name!r}")
+        check_name("model name", name)
         if not isinstance(model, nn.Module):
             raise ValueError(f"models[{name!r}] must be an nn.Module, got {type(model).__name__}")
         out[name] = model

@@ -6,23 +6,21 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor, nn
 
 from gradscope._checks import check_int_at_least, check_positive
 from gradscope.record.alerts import DEFAULT_RULES, AlertMonitor, AlertRule, print_alert
-from gradscope.record.buffer import PackedStep, StepBuffer, copy_to_host
+from gradscope.record.buffer import PackedStep, StepBuffer
 from gradscope.record.hooks import Observer
-from gradscope.record.layers import Layer, discover_layers, normalize_models
+from gradscope.record.layers import Layer, check_name, discover_layers, normalize_models
+from gradscope.record.outbox import Outbox, scalar_batches
 from gradscope.record.probes import hessian_norms, input_gradient_norms
-from gradscope.record.reader import ALERT_COLUMNS, Run, load_run, tidy_table
+from gradscope.record.reader import Run
 from gradscope.record.schedule import Schedule
 from gradscope.record.stats import EXACT, SLOPE_SCALARS, resolve_stats, stats_for
 from gradscope.record.storage import RunWriter
-from gradscope.record.table import LAYER_COLUMNS, SCALAR_COLUMNS, step_rows
-from gradscope.record.tensorboard import INSTALL_HINT, TensorBoardSink, tensorboard_available
+from gradscope.record.tensorboard import INSTALL_HINT, tensorboard_available
 from gradscope.record.weights import add_exact_stats, add_weight_stats
 
 STATE_FORMAT = 1
@@ -115,16 +113,10 @@ class Recorder:
             raise ValueError("tensorboard=True needs an out directory")
         self._owns_writer = out is not None and not isinstance(out, RunWriter)
         self.writer: RunWriter | None = RunWriter(out) if self._owns_writer else out  # type: ignore[arg-type]
-        self._tensorboard = tensorboard
-        self._tb: TensorBoardSink | None = None
-        self._purge_step: int | None = None
+        self.outbox = Outbox(self.layers, self.stats, self.monitor, self.writer, tensorboard)
         self.observer = Observer(self.layers, self.stats, capture_inputs=self.hessian_every is not None)
         self.observer.on_order = self._order_known
-        self._pending: list[PackedStep] = []
-        self._pending_scalars: list[tuple[int, list[str], Tensor | np.ndarray]] = []
         self._slopes: list[tuple[str, Tensor]] = []
-        self._memory: dict[str, list[pd.DataFrame]] = {"layers": [], "scalars": []}
-        self._memory_alerts: list[dict[str, Any]] = []
         self._calls_since_flush = 0
         self._last_flush_step: int | None = None
         self._attached = False
@@ -156,8 +148,7 @@ class Recorder:
             return
         self.flush()
         self.detach()
-        if self._tb is not None:
-            self._tb.close()
+        self.outbox.close()
         if self._owns_writer:
             self.writer.set_status(state, step=self.schedule.last_step)
         self._closed = True
@@ -207,8 +198,7 @@ class Recorder:
         (step, phase) already recorded is not recorded again (the first wins).
         """
         check_int_at_least("step", step, 0)
-        if not isinstance(phase, str) or not phase or any(c in phase for c in ",\n\r\""):
-            raise ValueError(f"phase must be a non-empty string without commas, quotes or newlines, got {phase!r}")
+        check_name("phase", phase)
         if not self._attached:
             raise ValueError("the recorder is not attached: call attach() or use it as a context manager")
         cheap, exact, hessian = self.schedule.due(step)
@@ -225,8 +215,8 @@ class Recorder:
             self._last_flush_step = step
         if self._calls_since_flush >= self.flush_every or step - self._last_flush_step >= self.flush_every:
             self.flush()
-        elif len(self._pending) >= self.device_sync_every:
-            self._sync()
+        elif len(self.outbox.steps) >= self.device_sync_every:
+            self.outbox.sync()
 
     def _record(self, step: int, phase: str, nets: list[str], cheap: bool, exact: bool, hessian: bool) -> None:
         buffer = self.observer.buffer if cheap else StepBuffer()
@@ -234,7 +224,7 @@ class Recorder:
         if cheap and self.schedule.slopes_due(step):
             for kind, values in self._slopes:
                 names = [template.format(kind=kind) for template in SLOPE_SCALARS]
-                self._pending_scalars.append((step, names, values))
+                self.outbox.add_scalars(step, names, values)
         if cheap:
             add_weight_stats(buffer, layers, self._want, self.observer.weff_grads, self.observer.grad_seen)
         if exact and stats_for(EXACT, self._want):
@@ -242,7 +232,7 @@ class Recorder:
         if hessian and "hessian_top" in self._want:
             self._add_hessian(buffer, nets)
         if len(buffer):
-            self._pending.append(PackedStep(step, phase, tuple(nets), buffer.pack(), dict(buffer.counts)))
+            self.outbox.add_step(PackedStep(step, phase, tuple(nets), buffer.pack(), dict(buffer.counts)))
 
     def _add_hessian(self, buffer: StepBuffer, nets: list[str]) -> None:
         for net in nets:
@@ -292,8 +282,7 @@ class Recorder:
         if len(kinds) != n_inputs:
             raise ValueError(f"got {n_inputs} inputs but {len(kinds)} kinds")
         for name in kinds:
-            if not isinstance(name, str) or not name or any(c in name for c in ",\n\r\""):
-                raise ValueError(f"kind must be a non-empty string without commas, quotes or newlines, got {name!r}")
+            check_name("kind", name)
         if not self.schedule.slopes_armed:
             return None
         with self.paused():
@@ -305,80 +294,13 @@ class Recorder:
     def log_scalars(self, step: int, values: Mapping[str, float | Tensor]) -> None:
         """Store model-level scalars ``(step, name, value)``; tensors stay on the device until a flush."""
         check_int_at_least("step", step, 0)
-        floats: dict[str, float] = {}
-        tensors: dict[str, Tensor] = {}
-        for name, value in values.items():
-            if not isinstance(name, str) or not name or any(c in name for c in ",\n\r\""):
-                raise ValueError(f"scalar names must be non-empty strings without commas or quotes, got {name!r}")
-            if isinstance(value, Tensor):
-                if value.numel() != 1:
-                    raise ValueError(f"scalar {name!r} must have one element, got shape {tuple(value.shape)}")
-                tensors[name] = value.detach().reshape(())
-            else:
-                floats[name] = float(value)
-        if floats:
-            self._pending_scalars.append((step, list(floats), np.array(list(floats.values()), dtype=np.float64)))
-        by_device: dict[torch.device, list[str]] = {}
-        for name, t in tensors.items():
-            by_device.setdefault(t.device, []).append(name)
-        for names in by_device.values():
-            vec = torch.stack([tensors[n] for n in names])
-            self._pending_scalars.append((step, names, vec if vec.is_floating_point() and vec.dtype in (
-                torch.float32, torch.float64) else vec.to(torch.float32)))
+        for batch in scalar_batches(step, values):
+            self.outbox.add_scalars(*batch)
 
     # --- moving data to the host and to disk ---------------------------------------------------
-    def _sync(self) -> None:
-        """Copy pending values to the host (one transfer per device), derive rows, check alerts."""
-        if not self._pending and not self._pending_scalars:
-            return
-        tensors = [vec for record in self._pending for vec, _ in record.parts]
-        tensors += [vec for _, _, vec in self._pending_scalars if isinstance(vec, Tensor)]
-        host = iter(copy_to_host(tensors))
-        layer_frames, scalar_frames, alerts = [], [], []
-        for record in self._pending:
-            parts = [(next(host), slots) for _, slots in record.parts]
-            values = np.concatenate([v for v, _ in parts])
-            slots = np.concatenate([s for _, s in parts])
-            columns = step_rows(record, values, slots, self.layers, self.stats)
-            alerts += self.monitor.check_layers(record.step, record.phase, columns)
-            layer_frames.append(pd.DataFrame(columns))
-            if self._tensorboard:
-                self._board().write_layers(columns)
-        for step, names, vec in self._pending_scalars:
-            values = next(host) if isinstance(vec, Tensor) else vec
-            alerts += self.monitor.check_scalars(step, names, values)
-            scalar_frames.append(pd.DataFrame({"step": np.full(len(names), step, dtype=np.int64),
-                                               "name": np.array(names, dtype=object), "value": values}))
-            if self._tensorboard:
-                self._board().write_scalars(step, names, values)
-        self._pending, self._pending_scalars = [], []
-        layers_frame = pd.concat(layer_frames, ignore_index=True) if layer_frames else None
-        scalars_frame = pd.concat(scalar_frames, ignore_index=True) if scalar_frames else None
-        if self.writer is not None:
-            if layers_frame is not None:
-                self.writer.append_layers(layers_frame)
-            if scalars_frame is not None:
-                self.writer.append_scalars(scalars_frame)
-            self.writer.append_alerts(alerts)
-        else:
-            self._memory["layers"] += [] if layers_frame is None else [layers_frame]
-            self._memory["scalars"] += [] if scalars_frame is None else [scalars_frame]
-            self._memory_alerts += alerts
-
-    def _board(self) -> TensorBoardSink:
-        if self._tb is None:
-            self._tb = TensorBoardSink(self.writer.path / "tensorboard", purge_step=self._purge_step)
-        return self._tb
-
     def flush(self) -> None:
         """Copy everything pending to the host and write it to the run directory."""
-        self._sync()
-        if self.writer is not None:
-            self.writer.flush()
-        if self._tensorboard and self.schedule.last_step is not None:
-            board = self._board()
-            board.write_histograms(self._by_uid, self.schedule.last_step)
-            board.flush()
+        self.outbox.flush(self.schedule.last_step, self._by_uid)
         self._calls_since_flush = 0
         self._last_flush_step = self.schedule.last_step
 
@@ -390,15 +312,7 @@ class Recorder:
     def run(self) -> Run:
         """Everything recorded so far as a :class:`Run` (flushes first)."""
         self.flush()
-        if self.writer is not None:
-            return load_run(self.writer.path)
-        layers = tidy_table(pd.concat(self._memory["layers"], ignore_index=True)
-                            if self._memory["layers"] else pd.DataFrame(columns=list(LAYER_COLUMNS)), "layers")
-        scalars = tidy_table(pd.concat(self._memory["scalars"], ignore_index=True)
-                             if self._memory["scalars"] else pd.DataFrame(columns=list(SCALAR_COLUMNS)), "scalars")
-        return Run(path=None, layers=layers, scalars=scalars,
-                   alerts=pd.DataFrame(self._memory_alerts, columns=list(ALERT_COLUMNS)),
-                   config={"recorder": self.settings()})
+        return self.outbox.run({"recorder": self.settings()})
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -422,7 +336,8 @@ class Recorder:
             for layer in self.layers[net]:
                 layer.order = position.get(layer.name, len(position) + layer.order)
             self.observer.order_known.add(net)
-        self._pending, self._pending_scalars, self._last_flush_step = [], [], self.schedule.last_step
-        self._purge_step = None if self.schedule.last_step is None else self.schedule.last_step + 1
+        self.outbox.discard()
+        self._last_flush_step = self.schedule.last_step
+        self.outbox.purge_step = None if self.schedule.last_step is None else self.schedule.last_step + 1
         if self.writer is not None:
             self.writer.truncate_after(self.schedule.last_step)

@@ -1,0 +1,164 @@
+"""Recorded values on their way out: device tensors -> host -> rows -> alerts and sinks.
+
+The recorder hands over device tensors without reading them, so training
+never waits on the host between syncs. A sync copies everything pending to
+the host with one transfer per device, turns it into table rows, checks the
+alert rules, and hands the rows to the run directory (or keeps them in
+memory) and, optionally, to TensorBoard.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from gradscope.record.alerts import AlertMonitor
+from gradscope.record.buffer import PackedStep, copy_to_host
+from gradscope.record.layers import Layer, check_name
+from gradscope.record.reader import ALERT_COLUMNS, Run, load_run, tidy_table
+from gradscope.record.storage import RunWriter
+from gradscope.record.table import LAYER_COLUMNS, SCALAR_COLUMNS, step_rows
+from gradscope.record.tensorboard import TensorBoardSink
+
+ScalarBatch = tuple[int, list[str], "Tensor | np.ndarray"]
+
+
+def scalar_batches(step: int, values: Mapping[str, float | Tensor]) -> list[ScalarBatch]:
+    """Group named scalars into one host vector (plain numbers) and one device vector per device (tensors)."""
+    floats: dict[str, float] = {}
+    tensors: dict[str, Tensor] = {}
+    for name, value in values.items():
+        check_name("scalar name", name)
+        if isinstance(value, Tensor):
+            if value.numel() != 1:
+                raise ValueError(f"scalar {name!r} must have one element, got shape {tuple(value.shape)}")
+            tensors[name] = value.detach().reshape(())
+        else:
+            floats[name] = float(value)
+    batches: list[ScalarBatch] = []
+    if floats:
+        batches.append((step, list(floats), np.array(list(floats.values()), dtype=np.float64)))
+    by_device: dict[torch.device, list[str]] = {}
+    for name, t in tensors.items():
+        by_device.setdefault(t.device, []).append(name)
+    for names in by_device.values():
+        vec = torch.stack([tensors[n] for n in names])
+        if vec.dtype not in (torch.float32, torch.float64):
+            vec = vec.to(torch.float32)
+        batches.append((step, names, vec))
+    return batches
+
+
+class Outbox:
+    """Pending layer statistics and scalars of a recorder, and where they go once on the host.
+
+    Parameters
+    ----------
+    layers : dict of str to list of Layer
+        The recorder's watched layers (to name the rows).
+    stats : sequence of str
+        The recorded statistics, in row order.
+    monitor : AlertMonitor
+        Checks every row as it reaches the host.
+    writer : RunWriter, optional
+        The run directory; ``None`` keeps rows in memory.
+    tensorboard : bool
+        Mirror rows into ``writer.path / "tensorboard"``.
+    """
+
+    def __init__(self, layers: dict[str, list[Layer]], stats: Sequence[str], monitor: AlertMonitor,
+                 writer: RunWriter | None, tensorboard: bool) -> None:
+        self.layers, self.stats, self.monitor, self.writer = layers, tuple(stats), monitor, writer
+        self.tensorboard = tensorboard
+        self.steps: list[PackedStep] = []
+        self.scalars: list[ScalarBatch] = []
+        self.purge_step: int | None = None
+        self._board: TensorBoardSink | None = None
+        self._memory: dict[str, list[pd.DataFrame]] = {"layers": [], "scalars": []}
+        self._memory_alerts: list[dict[str, Any]] = []
+
+    def add_step(self, record: PackedStep) -> None:
+        """Queue one recorded (step, phase)."""
+        self.steps.append(record)
+
+    def add_scalars(self, step: int, names: list[str], values: Tensor | np.ndarray) -> None:
+        """Queue model-level scalars (a 1-d device or host vector with one entry per name)."""
+        self.scalars.append((step, names, values))
+
+    def discard(self) -> None:
+        """Drop everything pending (a resumed run restarts from its checkpoint)."""
+        self.steps, self.scalars = [], []
+
+    def sync(self) -> None:
+        """Copy pending values to the host (one transfer per device), derive rows, check alerts, store them."""
+        if not self.steps and not self.scalars:
+            return
+        tensors = [vec for record in self.steps for vec, _ in record.parts]
+        tensors += [vec for _, _, vec in self.scalars if isinstance(vec, Tensor)]
+        host = iter(copy_to_host(tensors))
+        layer_frames, scalar_frames, alerts = [], [], []
+        for record in self.steps:
+            parts = [(next(host), slots) for _, slots in record.parts]
+            values = np.concatenate([v for v, _ in parts])
+            slots = np.concatenate([s for _, s in parts])
+            columns = step_rows(record, values, slots, self.layers, self.stats)
+            alerts += self.monitor.check_layers(record.step, record.phase, columns)
+            layer_frames.append(pd.DataFrame(columns))
+            if self.tensorboard:
+                self.board().write_layers(columns)
+        for step, names, vec in self.scalars:
+            values = next(host) if isinstance(vec, Tensor) else vec
+            alerts += self.monitor.check_scalars(step, names, values)
+            scalar_frames.append(pd.DataFrame({"step": np.full(len(names), step, dtype=np.int64),
+                                               "name": np.array(names, dtype=object), "value": values}))
+            if self.tensorboard:
+                self.board().write_scalars(step, names, values)
+        self.discard()
+        layers_frame = pd.concat(layer_frames, ignore_index=True) if layer_frames else None
+        scalars_frame = pd.concat(scalar_frames, ignore_index=True) if scalar_frames else None
+        if self.writer is not None:
+            if layers_frame is not None:
+                self.writer.append_layers(layers_frame)
+            if scalars_frame is not None:
+                self.writer.append_scalars(scalars_frame)
+            self.writer.append_alerts(alerts)
+        else:
+            self._memory["layers"] += [] if layers_frame is None else [layers_frame]
+            self._memory["scalars"] += [] if scalars_frame is None else [scalars_frame]
+            self._memory_alerts += alerts
+
+    def board(self) -> TensorBoardSink:
+        """The TensorBoard sink, opened on first use."""
+        if self._board is None:
+            self._board = TensorBoardSink(self.writer.path / "tensorboard", purge_step=self.purge_step)
+        return self._board
+
+    def flush(self, last_step: int | None, watched: Sequence[Layer]) -> None:
+        """Sync, then write files to disk (with weight histograms of ``watched`` in TensorBoard)."""
+        self.sync()
+        if self.writer is not None:
+            self.writer.flush()
+        if self.tensorboard and last_step is not None:
+            board = self.board()
+            board.write_histograms(watched, last_step)
+            board.flush()
+
+    def close(self) -> None:
+        """Close the TensorBoard event file (the run directory belongs to whoever opened it)."""
+        if self._board is not None:
+            self._board.close()
+
+    def run(self, config: dict[str, Any]) -> Run:
+        """Everything synced so far: read back from the run directory, or assembled from memory."""
+        if self.writer is not None:
+            return load_run(self.writer.path)
+        layers = tidy_table(pd.concat(self._memory["layers"], ignore_index=True)
+                            if self._memory["layers"] else pd.DataFrame(columns=list(LAYER_COLUMNS)), "layers")
+        scalars = tidy_table(pd.concat(self._memory["scalars"], ignore_index=True)
+                             if self._memory["scalars"] else pd.DataFrame(columns=list(SCALAR_COLUMNS)), "scalars")
+        return Run(path=None, layers=layers, scalars=scalars,
+                   alerts=pd.DataFrame(self._memory_alerts, columns=list(ALERT_COLUMNS)), config=config)
