@@ -69,16 +69,27 @@ Verdicts
 Must hold: ``sigma / (s (sqrt m + sqrt n))`` within tolerance for every large
 shape and scheme; ``fan_in * Var(W_bar)`` within tolerance of (*) for the same;
 after training under SN, ``n Var(W) / sigma_exact(W)^2`` of every large layer
-(``min(m, n) >= 64``) within 25 % of (*). Reported (not must-hold): the same
-for the weight the layers used (power-iteration sigma) over every recorded
-step, and how far the ratio drifts without SN compared with SN.
+(``min(m, n) >= 64``) within 25 % of (*), per init; and the claim's "whatever
+the init scale s": per large layer, the spread ``max / min`` over inits of that
+exact-SN ratio after training is below the smallest such spread of
+``fan_in Var(W)`` without SN (which the init sets: Kaiming is about twice
+LeCun). Reported (not must-hold): the ratio of the weight the layers used
+(power-iteration sigma) over every recorded step, and how far it drifts with
+SN compared with no SN.
 
-Observed (seed 0): at ``tiny`` (8 steps) every must-hold check holds; at
-``small`` (150 steps on 16 x 16 digits) the exact-SN ratio of the deepest
-layers (conv6, conv7: 2 x 2 and 4 x 4 inputs, low-rank gradients) falls to
-0.69-0.86 of (*): within 25 % for LeCun and Kaiming init, not for Xavier
-(0.69, reported as violated). The trained weights stop being i.i.d.; the
-claim's "keeps doing so" is an approximation whose quality this measures.
+The 25 % band is kept although it fails at ``small`` scale (below): it was set
+before the measurement, and the failure says something true. For a zero-mean
+``m x n`` weight ``n Var(W) / sigma^2 = ||W||_F^2 / (m sigma^2)``, the stable
+rank over ``m``; training adds low-rank (outlier) directions to the deepest
+layers, which lowers the stable rank and with it the ratio, while the ratio's
+independence from the init scale survives.
+
+Observed (seed 0): at ``tiny`` (8 steps, LeCun and Kaiming) every must-hold
+check holds; at ``small`` (150 steps on 16 x 16 digits) the exact-SN ratio of
+the deepest layers (conv6, conv7: 2 x 2 and 4 x 4 inputs, low-rank gradients)
+falls to 0.69-0.88 of (*): within 25 % for LeCun and Kaiming init, not for
+Xavier (0.69, violated); the spread over the three inits is at most 1.24 with
+SN against at least 1.95 without (holds).
 """
 from __future__ import annotations
 
@@ -90,7 +101,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from analyses.common import AnalysisResult, check_at_most, check_close, scale_params
+from analyses.common import AnalysisResult, check_at_most, check_close, start_result
 from gradscope.init import init_, layer_fans, scheme_variance
 from gradscope.linalg import rmt_spectral_norm
 from gradscope.plot import style
@@ -112,7 +123,8 @@ TRAINED_TOLERANCE = 0.25
 JUDGED_MIN_DIM = 64
 
 PARAMS = {
-    "tiny": {"shapes": THEORY_SHAPES, "schemes": ("dcgan", "lecun", "xavier"), "draws": 1, "inits": ("lecun",),
+    "tiny": {"shapes": THEORY_SHAPES, "schemes": ("dcgan", "lecun", "xavier"), "draws": 1,
+             "inits": ("lecun", "kaiming"),
              "train": {"dataset": "digits", "image_size": 8, "iterations": 8, "batch_size": 32, "record_every": 1,
                        "lr_d": 1e-4, "lr_g": 1e-4}},
     "small": {"shapes": THEORY_SHAPES + SNDCGAN_SHAPES, "schemes": RMT_SCHEMES, "draws": 3, "inits": TRAIN_INITS,
@@ -253,6 +265,7 @@ def training_checks(table: pd.DataFrame, final: pd.DataFrame) -> list:
             CLAIM, f"SN as trained (power-iteration sigma), {init} init: max |fan_in Var(W_eff) / pred - 1|",
             deviation, TRAINED_TOLERANCE, rtol=0, must_hold=False,
             detail="reported: the 1-step estimate lags the exact sigma, see the module docstring"))
+    checks += init_independence_checks(table, final)
     drift = drift_table(table)
     for init, rows in drift.groupby("init", sort=False):
         by_norm = rows.set_index("norm")["max_drift"]
@@ -262,6 +275,43 @@ def training_checks(table: pd.DataFrame, final: pd.DataFrame) -> list:
                 float(by_norm["sn"]), float(by_norm["none"]), rtol=0, must_hold=False,
                 detail="r = fan_in Var(W_eff) as trained; reported, not must-hold"))
     return checks
+
+
+def init_spread_table(table: pd.DataFrame, final: pd.DataFrame) -> pd.DataFrame:
+    """Per judged layer: ``max / min`` over inits of ``fan_in Var`` after training, without SN and with exact SN.
+
+    Without normalization ``fan_in Var(W)`` is whatever the init scale ``s``
+    made it (Kaiming is twice LeCun, Xavier ``2n / (m + n)`` times), and a
+    short run of small Adam steps barely moves it; the claim says SN removes ``s``, so the
+    exact-SN ratio should agree across inits even where it leaves (*).
+    """
+    columns = ["layer", "inits", "spread_none", "spread_exact_sn"]
+    if final["init"].nunique() < 2:
+        return pd.DataFrame(columns=columns)
+    judged = final[final["judged"]]
+    last = table[table["norm"] == "none"].sort_values("step").groupby(["init", "layer"])["lecun_ratio"].last()
+    exact = judged[judged["norm"] == "sn"].set_index(["init", "layer"])["exact_sn_ratio"]
+    rows = []
+    for layer in judged["layer"].unique():
+        none = last.xs(layer, level="layer") if layer in last.index.get_level_values("layer") else pd.Series()
+        sn = exact.xs(layer, level="layer") if layer in exact.index.get_level_values("layer") else pd.Series()
+        if len(none) >= 2 and len(sn) >= 2:
+            rows.append({"layer": layer, "inits": len(sn), "spread_none": float(none.max() / none.min()),
+                         "spread_exact_sn": float(sn.max() / sn.min())})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def init_independence_checks(table: pd.DataFrame, final: pd.DataFrame) -> list:
+    """Must hold: after training, SN's ratio depends on the init less than the un-normalized one does, per layer."""
+    spread = init_spread_table(table, final)
+    if spread.empty:
+        return []
+    return [check_at_most(
+        CLAIM, "after training, worst max/min over inits of n Var(W)/sigma_exact^2 (SN) vs the mildest "
+        "max/min of fan_in Var(W) without SN", float(spread["spread_exact_sn"].max()),
+        float(spread["spread_none"].min()), rtol=0,
+        detail=f"{len(spread)} layers with min(m, n) >= {JUDGED_MIN_DIM}, {int(spread['inits'].iloc[0])} inits: "
+               "SN makes the variance independent of the init scale s")]
 
 
 def drift_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -319,16 +369,16 @@ def plot_training(table: pd.DataFrame, final: pd.DataFrame):
 
 def run(scale: str, out: Path, seed: int = 0) -> AnalysisResult:
     """Run C5 at ``scale`` into ``out``; see the module docstring for what is measured and judged."""
-    params = scale_params(scale, PARAMS)
-    result = AnalysisResult(CLAIM, TITLE, scale, out=Path(out))
+    params, result = start_result(CLAIM, TITLE, scale, out, PARAMS)
     rmt = random_matrix_table(params["shapes"], params["schemes"], params["draws"], seed)
     result.add_table("c5_random_matrices", rmt)
     result.add(*random_matrix_checks(rmt))
     result.add_figure(plot_random_matrices(rmt), "c5_random_matrices")
-    trained, final = training_table(Path(out), params["train"], params["inits"], seed)
+    trained, final = training_table(result.out, params["train"], params["inits"], seed)
     result.add_table("c5_training", trained)
     result.add_table("c5_trained_exact", final)
     result.add_table("c5_drift", drift_table(trained))
+    result.add_table("c5_init_spread", init_spread_table(trained, final))
     result.add(*training_checks(trained, final))
     result.add_figure(plot_training(trained, final), "c5_training")
     summary = rmt.groupby("shape", sort=False)[["lecun_ratio", "lecun_pred"]].mean()

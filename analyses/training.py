@@ -37,7 +37,9 @@ def train_run(out: str | Path, **settings: Any) -> tuple[Run, Any]:
     from gradscope.train import RunConfig, train
 
     config = RunConfig(**{**QUIET_RUN, **settings, "out": str(out)})
-    result = train(config)
+    # The run lives inside the analysis's own output folder: re-running the analysis into the same
+    # --out regenerates it rather than refusing, as every other file there is regenerated.
+    result = train(config, overwrite=True)
     if result.state != "done":
         raise RuntimeError(f"training run {out} ended {result.state!r}: {result.reason}")
     return load_run(out), result

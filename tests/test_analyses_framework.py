@@ -153,3 +153,13 @@ def test_check_c5_c6_at_tiny_scale_exits_0(capsys):
     assert cli.main(["check", "--only", "C5,C6", "--scale", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "C5" in out and "C6" in out and "-> OK" in out and "violated *" not in out
+
+
+def test_an_analysis_training_run_can_be_regenerated_in_place(tmp_path):
+    from analyses.training import train_run
+
+    settings = {"dataset": "ring8", "iterations": 3, "batch_size": 16, "seed": 0}
+    first, _ = train_run(tmp_path / "run", **settings)
+    again, result = train_run(tmp_path / "run", **settings)
+    assert result.state == "done"
+    pd.testing.assert_frame_equal(first.scalars, again.scalars)

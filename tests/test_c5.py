@@ -10,6 +10,7 @@ import torch
 
 from analyses import c5_lecun as c5
 from analyses.probe import recorded_pass
+from analysis_helpers import holding_must_checks
 from gradscope.models import SNDCGANDiscriminator
 
 
@@ -19,11 +20,10 @@ def result(tmp_path_factory):
 
 
 def test_tiny_run_holds_and_writes_its_files(result):
-    assert result.ok, [c for c in result.checks if not c.ok]
-    must = [c for c in result.checks if c.must_hold]
-    assert len(must) == 7  # sigma and ratio for 3 shapes, exact SN after training
-    assert all(c.verdict == "holds" for c in must)
-    for name in ("c5_random_matrices", "c5_training", "c5_trained_exact", "c5_drift"):
+    must = holding_must_checks(result)
+    # sigma and ratio for 3 shapes, exact SN after training for LeCun and Kaiming init, spread over inits
+    assert len(must) == 9
+    for name in ("c5_random_matrices", "c5_training", "c5_trained_exact", "c5_drift", "c5_init_spread"):
         assert (result.out / f"{name}.csv").is_file()
     assert sorted(p.name for p in result.figures) == ["c5_random_matrices.pdf", "c5_random_matrices.png",
                                                       "c5_training.pdf", "c5_training.png"]
@@ -91,3 +91,20 @@ def test_unknown_scale_is_a_one_line_error(tmp_path):
     with pytest.raises(ValueError, match="unknown scale 'big'"):
         c5.run("big", tmp_path)
     assert np.isfinite(c5.TRAINED_TOLERANCE)
+
+
+def test_sn_removes_the_init_scale_and_a_scale_tracking_ratio_is_caught(result):
+    spread = result.tables["c5_init_spread"]
+    assert len(spread) >= 4 and (spread["inits"] == 2).all()
+    # Without SN, Kaiming's variance is LeCun's times 2 / (1 + 0.1^2) at init; 8 small steps keep it there.
+    assert spread["spread_none"].to_numpy() == pytest.approx(2 / 1.01, rel=0.05)
+    assert (spread["spread_exact_sn"] < 1.1).all()
+    (check,) = c5.init_independence_checks(result.tables["c5_training"], result.tables["c5_trained_exact"])
+    assert check.must_hold and check.verdict == "holds"
+
+    # Planted: an "SN" whose trained ratio still carries the init's factor of two.
+    final = result.tables["c5_trained_exact"].copy()
+    planted = (final["norm"] == "sn") & (final["init"] == "kaiming")
+    final.loc[planted, "exact_sn_ratio"] *= 2.5
+    (check,) = c5.init_independence_checks(result.tables["c5_training"], final)
+    assert check.verdict == "violated" and check.measured > 2.2
