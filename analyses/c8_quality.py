@@ -147,6 +147,14 @@ def quality_checks(summary: pd.DataFrame, scale: str, losses: pd.DataFrame | Non
                 checks.append(identity_check(losses, dataset))
             continue
         done = rows[rows["status"] == "done"]
+        unlike = done[done.get("unlike_sweep", pd.Series("", index=done.index)).fillna("") != ""]
+        if len(unlike):
+            # Comparing runs made with other settings or code measures the difference, not the method.
+            checks.append(Check(CLAIM, f"{dataset}: runs made with settings or code unlike the rest of the sweep",
+                                float(len(unlike)), 0.0, INCONCLUSIVE, relation="<=",
+                                detail="; ".join(f"{r}: {u}" for r, u in zip(unlike["run"], unlike["unlike_sweep"]))
+                                + " -- delete them and resume the sweep"))
+            continue
         for column, _, what, higher_is_better in QUALITY:
             if column not in done or done[column].isna().all():
                 continue

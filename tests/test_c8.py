@@ -32,6 +32,15 @@ def test_clear_evidence_holds_and_thin_evidence_is_inconclusive():
     assert not any(c.must_hold for c in clear + reverse)
 
 
+def test_runs_unlike_the_rest_of_the_sweep_make_the_comparison_inconclusive():
+    summary = _summary([False] * 4, [True] * 4, [8] * 4, [1] * 4).assign(unlike_sweep="")
+    summary.loc[summary["norm"] == "ssn", "unlike_sweep"] = "ema 0.0 vs 0.99"
+    (check,) = c8.quality_checks(summary, "small")
+    assert check.verdict == "inconclusive" and check.measured == 4 and "ssn-0: ema 0.0 vs 0.99" in check.detail
+    clean = c8.quality_checks(summary.assign(unlike_sweep=""), "small")
+    assert [c.verdict for c in clean] == ["violated", "violated"]
+
+
 def test_reduced_sweep_runs_end_to_end(tmp_path, monkeypatch):
     grids = {"ring8": {"base": {"iterations": 12, "batch-size": 32, "eval-every": 6, "eval-samples": 500},
                        "scales": [1.4], "seeds": 1},
