@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradscope.linalg import hvp
+from gradscope.linalg import power
 from gradscope.linalg.hvp import hessian_extremes, hessian_vector_product, symmetric_lanczos
 
 DT = torch.float64
@@ -47,7 +47,7 @@ def test_zero_operator_and_a_restarted_basis(monkeypatch) -> None:
     assert (res.norm, res.converged, res.iterations, res.vector.shape) == (0.0, True, 1, (5, 2))
     a = random_symmetric(50, 7)
     expected = float(torch.linalg.eigvalsh(a).abs().max())
-    monkeypatch.setattr(hvp, "_BASIS_BYTES", 4 * 50 * 8)  # four vectors, then a restart
+    monkeypatch.setattr(power, "_BASIS_BYTES", 4 * 50 * 8)  # four vectors, then a restart
     res = symmetric_lanczos(lambda v: a @ v, torch.ones(50, dtype=DT), tol=1e-8, max_iter=2000)
     assert res.converged and res.iterations > 4
     assert res.norm == pytest.approx(expected, rel=1e-7)

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from gradscope._checks import check_int_at_least, check_positive
-
-LinearMap = Callable[[Tensor], Tensor]
-_BASIS_BYTES = 2**28  # Krylov basis memory before an explicit restart
+from gradscope.linalg.power import LinearMap, krylov_basis_size, tridiagonal
 
 
 @dataclass(frozen=True)
@@ -59,14 +56,6 @@ class SymmetricExtremes:
     def value(self) -> float:
         """The eigenvalue estimate of largest magnitude, with its sign."""
         return self.lowest if abs(self.lowest) > abs(self.highest) else self.highest
-
-
-def _tridiagonal(alphas: list[float], betas: list[float]) -> Tensor:
-    tri = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-    if betas:
-        off = torch.tensor(betas, dtype=torch.float64)
-        tri += torch.diag(off, 1) + torch.diag(off, -1)
-    return tri
 
 
 @torch.no_grad()
@@ -111,7 +100,7 @@ def symmetric_lanczos(apply: LinearMap, v0: Tensor, *, tol: float = 1e-6, max_it
     start_norm = float(torch.linalg.vector_norm(v0))
     if not math.isfinite(start_norm) or start_norm <= eps:
         raise ValueError("v0 must be a finite, non-zero start vector")
-    max_basis = max(2, min(max_iter, _BASIS_BYTES // max(1, v0.numel() * v0.element_size())))
+    max_basis = krylov_basis_size(v0, max_iter)
     x = v0.flatten() / start_norm
     iterations, converged = 0, False
     lowest = highest = 0.0
@@ -128,7 +117,7 @@ def symmetric_lanczos(apply: LinearMap, v0: Tensor, *, tol: float = 1e-6, max_it
             for _ in range(2):  # twice is enough (Kahan-Parlett)
                 w = w - stacked.T @ (stacked @ w)
             beta = float(torch.linalg.vector_norm(w))
-            values, vectors = torch.linalg.eigh(_tridiagonal(alphas, betas))
+            values, vectors = torch.linalg.eigh(tridiagonal(alphas, betas))
             lowest, highest = float(values[0]), float(values[-1])
             pick = 0 if abs(lowest) > abs(highest) else -1
             theta, ritz = float(values[pick]), vectors[:, pick]

@@ -97,6 +97,26 @@ def _finish(sigma: Tensor, v: Tensor, apply: LinearMap, iterations: int, converg
                        iterations=iterations, converged=converged)
 
 
+def tridiagonal(alphas: list[float], betas: list[float]) -> Tensor:
+    """The symmetric float64 tridiagonal matrix with diagonal ``alphas`` and off-diagonal ``betas`` (Lanczos' ``T``).
+
+    Examples
+    --------
+    >>> tridiagonal([1.0, 2.0], [3.0]).tolist()
+    [[1.0, 3.0], [3.0, 2.0]]
+    """
+    tri = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if betas:
+        off = torch.tensor(betas, dtype=torch.float64)
+        tri += torch.diag(off, 1) + torch.diag(off, -1)
+    return tri
+
+
+def krylov_basis_size(v0: Tensor, max_iter: int) -> int:
+    """Vectors a Lanczos basis of ``v0``-sized vectors may hold before an explicit restart (256 MiB, 2 to ``max_iter``)."""
+    return max(2, min(max_iter, _BASIS_BYTES // max(1, v0.numel() * v0.element_size())))
+
+
 def _check(tol: float, max_iter: int) -> None:
     check_positive("tol", tol)
     check_int_at_least("max_iter", max_iter, 1)
@@ -172,7 +192,7 @@ def lanczos(apply: LinearMap, adjoint: LinearMap, v0: Tensor, *, tol: float = 1e
     """
     _check(tol, max_iter)
     shape = v0.shape
-    max_basis = max(2, min(max_iter, _BASIS_BYTES // max(1, v0.numel() * v0.element_size())))
+    max_basis = krylov_basis_size(v0, max_iter)
     x = v0.flatten() / torch.linalg.vector_norm(v0).clamp_min(eps)
     history: list[float] = []
     converged = False
@@ -186,11 +206,7 @@ def lanczos(apply: LinearMap, adjoint: LinearMap, v0: Tensor, *, tol: float = 1e
             for _ in range(2):  # twice is enough (Kahan-Parlett)
                 w = w - stacked.T @ (stacked @ w)
             beta = float(torch.linalg.vector_norm(w))
-            tri = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-            if len(betas):
-                off = torch.tensor(betas, dtype=torch.float64)
-                tri += torch.diag(off, 1) + torch.diag(off, -1)
-            values, vectors = torch.linalg.eigh(tri)
+            values, vectors = torch.linalg.eigh(tridiagonal(alphas, betas))
             theta, ritz = float(values[-1]), vectors[:, -1]
             history.append(math.sqrt(max(theta, 0.0)))
             exhausted = beta <= eps * max(theta, eps)
