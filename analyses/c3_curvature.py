@@ -50,13 +50,14 @@ For the objective ``mean_i D(x_i)`` over a batch the bounds average.
 
 How it is measured
 ------------------
-``||H||_2`` (the eigenvalue of largest magnitude) by Hessian-vector products
-(double backward) fed to :func:`gradscope.linalg.lanczos` as the operator
-``H`` (symmetric, so its own adjoint): Krylov iteration on ``H^2`` to a relative
-tolerance of 1e-8, checked against the dense float64 Hessian on the small
-layers. Power iteration on ``H`` itself can stall: the last (single-output)
-layer's Hessian has an exactly symmetric pair ``+-lambda`` (there ``u^T G v = D``),
-so a Rayleigh quotient of power iterates does not converge to ``+-lambda``.
+``||H||_2`` (the eigenvalue of largest magnitude, with its sign) by symmetric
+Lanczos on ``H`` itself from Hessian-vector products (double backward),
+:func:`gradscope.linalg.hessian_extremes`, to a relative Ritz residual of 1e-8,
+checked against the dense float64 Hessian on the small layers. Power iteration
+on ``H`` can stall: the last (single-output) layer's Hessian has an exactly
+symmetric pair ``+-lambda`` (there ``u^T G v = D``), so a Rayleigh quotient of
+power iterates does not converge to ``+-lambda``; Lanczos keeps both ends of
+the spectrum in one Krylov space.
 
 Assumptions
 -----------
@@ -83,7 +84,7 @@ from analyses.plain_networks import DTYPE, normalized_copy, plain_discriminator
 from analyses.probe import real_batch
 from analyses.training import train_checkpoints
 from gradscope._checks import check_choice
-from gradscope.linalg import lanczos, power_iteration, reshape_weight, weight_layers
+from gradscope.linalg import SymmetricExtremes, hessian_extremes, reshape_weight, weight_layers
 from gradscope.models import MLPDiscriminator, SNDCGANDiscriminator
 from gradscope.plot import style
 
@@ -121,39 +122,24 @@ def layer_objective(net: nn.Module, name: str, raw: Tensor, x: Tensor, mode: str
     return objective
 
 
-def hessian_operator(objective: Callable[[Tensor], Tensor], w: Tensor) -> Callable[[Tensor], Tensor]:
-    """``v -> H v`` for the Hessian of ``objective`` at ``w`` (double backward, graph built once)."""
-    point = w.detach().clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(objective(point), point, create_graph=True)
+def layer_hessian(objective: Callable[[Tensor], Tensor], w: Tensor, *, tol: float = HESSIAN_TOL,
+                  max_iter: int = 500, seed: int = 0) -> SymmetricExtremes:
+    """Extreme eigenvalues of the Hessian of ``objective`` at ``w`` (:func:`gradscope.linalg.hessian_extremes`).
 
-    def hvp(v: Tensor) -> Tensor:
-        (hv,) = torch.autograd.grad(grad, point, v, retain_graph=True)
-        return hv.detach()
-
-    return hvp
-
-
-def hessian_norm(objective: Callable[[Tensor], Tensor], w: Tensor, *, method: str = "lanczos",
-                 tol: float = HESSIAN_TOL, max_iter: int = 500, seed: int = 0) -> tuple[float, float, bool]:
-    """``(||H||_2, v^T H v, converged)`` of the Hessian of ``objective`` at ``w`` from HVPs.
-
-    ``method`` ``"lanczos"`` or ``"power"`` runs that solver of :mod:`gradscope.linalg`
-    on ``H`` (its own adjoint), i.e. on ``H^2``; the estimate is a lower bound of
-    ``||H||_2`` and ``v^T H v`` gives the sign of that extreme eigenvalue.
+    ``.norm`` is ``||H||_2`` (a lower bound until ``.converged``), ``.value`` that
+    eigenvalue with its sign; the Lanczos start vector is Gaussian from ``seed``.
 
     Examples
     --------
     >>> w = torch.tensor([1.0, 2.0], dtype=torch.float64)
-    >>> norm, signed, ok = hessian_norm(lambda t: t[0] ** 2 - 3 * t[1] ** 2, w)
-    >>> round(norm, 6), round(signed, 6), ok
+    >>> res = layer_hessian(lambda t: t[0] ** 2 - 3 * t[1] ** 2, w)
+    >>> round(res.norm, 6), round(res.value, 6), res.converged
     (6.0, -6.0, True)
     """
-    check_choice("method", method, ("lanczos", "power"))
-    hvp = hessian_operator(objective, w)
-    v0 = torch.randn(w.shape, generator=torch.Generator().manual_seed(seed), dtype=w.dtype)
-    solver = lanczos if method == "lanczos" else power_iteration
-    result = solver(hvp, hvp, v0, tol=tol, max_iter=max_iter, warn=False)
-    return float(result.sigma), float(torch.sum(result.v * hvp(result.v))), bool(result.converged)
+    point = w.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(objective(point), point, create_graph=True)
+    return hessian_extremes(grad, point, tol=tol, max_iter=max_iter, warn=False,
+                            generator=torch.Generator(device=w.device).manual_seed(seed))
 
 
 def dense_hessian(objective: Callable[[Tensor], Tensor], w: Tensor) -> Tensor:
@@ -187,11 +173,11 @@ def curvature_rows(raw_net: nn.Module, x: Tensor, modes: tuple[str, ...], *, den
         kappa_exact = sigma / (sigma - (float(singular[1]) if len(singular) > 1 else 0.0))
         for mode in modes:
             objective = layer_objective(normalized, layer.name, raw, x, mode)
-            norm, signed, converged = hessian_norm(objective, raw)
+            extremes = layer_hessian(objective, raw)
             kappa = kappa_exact if mode == "exact" else 1.0
             row = {**labels, "mode": mode, "layer_index": layer.index, "layer": layer.name, "kind": layer.kind,
-                   "weights": raw.numel(), "sigma_raw": sigma, "kappa": kappa, "hessian_norm": norm,
-                   "hessian_signed": signed, "converged": converged,
+                   "weights": raw.numel(), "sigma_raw": sigma, "kappa": kappa, "hessian_norm": extremes.norm,
+                   "hessian_signed": extremes.value, "converged": extremes.converged,
                    "bound_data": float(np.mean(2 * (grads[:, t] + kappa * values))) / sigma**2,
                    "bound": float(np.mean(2 * x_norm * (sigmas[t]["overlap"] * np.prod(np.delete(op, t))
                                                          + kappa * op.prod()))) / sigma**2,
@@ -223,7 +209,7 @@ def planted_check(gap: float = 1e-3) -> tuple[list[Check], dict[str, float]]:
     """Exact SN near a degenerate top singular value against the gap-free constant (expected violated),
     and against the gap-aware bound (must hold)."""
     normalized, raw, x = near_degenerate_net(gap)
-    norm, _, _ = hessian_norm(layer_objective(normalized, "0", raw, x, "exact"), raw)
+    norm = layer_hessian(layer_objective(normalized, "0", raw, x, "exact"), raw).norm
     value = abs(float(normalized(x).sum().detach()))
     (G,) = torch.autograd.grad(normalized(x).sum(), normalized[0].weight)
     G_norm = float(torch.linalg.vector_norm(G))
