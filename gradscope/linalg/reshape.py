@@ -76,6 +76,23 @@ def reshape_norms(weight: Tensor, transposed: bool = False, dtype: torch.dtype |
     return sigma_fwd, sigma_bwd
 
 
+def forward_reshape_dims(shape: Sequence[int], transposed: bool = False) -> tuple[int, int]:
+    """``(m, n)`` of the forward reshape of a weight of ``shape``: output channels and the product of the rest.
+
+    Examples
+    --------
+    >>> forward_reshape_dims((128, 64, 3, 3))
+    (128, 576)
+    >>> forward_reshape_dims((64, 32, 4, 4), transposed=True)
+    (32, 1024)
+    """
+    dims = [int(s) for s in shape]
+    if len(dims) < 2 or any(s < 1 for s in dims):
+        raise ValueError(f"shape must have at least 2 positive dimensions, got {tuple(shape)!r}")
+    m = dims[forward_dim(transposed)]
+    return m, math.prod(dims) // m
+
+
 def rmt_spectral_norm(shape: Sequence[int], std: float, transposed: bool = False) -> float:
     """Random-matrix prediction ``std * (sqrt(m) + sqrt(n))`` of the forward reshape's norm (C5).
 
@@ -91,10 +108,6 @@ def rmt_spectral_norm(shape: Sequence[int], std: float, transposed: bool = False
     >>> round(rmt_spectral_norm((128, 64, 3, 3), 0.02), 4)
     0.7063
     """
-    dims = [int(s) for s in shape]
-    if len(dims) < 2 or any(s < 1 for s in dims):
-        raise ValueError(f"shape must have at least 2 positive dimensions, got {tuple(shape)!r}")
+    m, n = forward_reshape_dims(shape, transposed)
     check_positive("std", std)
-    m = dims[forward_dim(transposed)]
-    n = math.prod(dims) // m
     return float(std) * (math.sqrt(m) + math.sqrt(n))

@@ -6,14 +6,13 @@
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from gradscope.linalg import forward_dim, rmt_spectral_norm
+from gradscope.linalg import rmt_spectral_norm
 
 RATIO_COLUMNS: tuple[str, ...] = ("step", "layer_index", "layer", "direction", "ratio")
 
@@ -79,12 +78,6 @@ def layer_prediction_table(architecture: Mapping[str, Any], net: str) -> dict[st
         if shape and len(shape) >= 2 and info.get("fan_in"):
             out[info["name"]] = lecun_prediction(shape, info["fan_in"], transposed)
     return out
-
-
-def rmt_matrix_dims(weight_shape: Sequence[int], transposed: bool = False) -> tuple[int, int]:
-    """``(m, n)`` of the forward reshape: output channels and the product of the rest."""
-    m = int(weight_shape[forward_dim(transposed)])
-    return m, math.prod(int(s) for s in weight_shape) // m
 
 
 def variance_ratios(layers: pd.DataFrame) -> pd.DataFrame:
