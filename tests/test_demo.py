@@ -89,21 +89,12 @@ def _dense_conv_matrix(weight: torch.Tensor, size: int, stride: int, padding: in
     return matrix.reshape(c_out * out * out, c_in * size * size)
 
 
-@pytest.fixture
-def one_thread():
-    # Small dense problems: thread synchronization only slows them down on a shared CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _top_singular_value(matrix: torch.Tensor) -> float:
     gram = matrix @ matrix.T if matrix.shape[0] <= matrix.shape[1] else matrix.T @ matrix
     return torch.linalg.eigvalsh(gram)[-1].sqrt().item()
 
 
-def test_none_matches_dense_oracles_at_16px(one_thread: None) -> None:
+def test_none_matches_dense_oracles_at_16px() -> None:
     table = spectral_table(["none"], image_size=16, warmup=0, seed=3)
     rows = table.set_index("layer")
     model = SNDCGANDiscriminator(image_size=16)

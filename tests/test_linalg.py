@@ -29,15 +29,6 @@ from gradscope.linalg import (
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny operators: thread hand-offs on a shared 2-core machine cost more than the work
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _source_index(p: int, n: int, mode: str) -> int | None:
     """Index into the unpadded input read at padded-coordinate offset ``p`` (None: a zero pad)."""
     if 0 <= p < n:

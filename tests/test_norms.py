@@ -24,9 +24,6 @@ from gradscope.norms import (
 DT = torch.float64
 
 
-from test_linalg import one_thread  # noqa: F401  (autouse fixture: tiny ops, shared 2-core machine)
-
-
 def small_d(image: int = 8) -> nn.Sequential:
     """A miniature SNDCGAN-like discriminator (conv 3x3/1, conv 4x4/2, linear), leaky ReLU 0.1."""
     torch.manual_seed(0)
@@ -63,6 +60,11 @@ def assert_same_buffers(got: dict[str, torch.Tensor], expected: dict[str, torch.
     assert got.keys() == expected.keys()
     for key, value in expected.items():
         torch.testing.assert_close(got[key], value, rtol=0, atol=0)
+
+
+def assert_same_outputs(got: nn.Module, expected: nn.Module) -> None:
+    """Both models map the same images to bit-identical outputs."""
+    torch.testing.assert_close(got(images()), expected(images()), rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- reference match
@@ -304,9 +306,9 @@ def test_state_dict_round_trip_into_a_fresh_model(norm):
     fresh.load_state_dict(trained.state_dict())
     assert_same_buffers(buffers(fresh), buffers(trained))
     trained.eval(), fresh.eval()
-    torch.testing.assert_close(fresh(images()), trained(images()), rtol=0, atol=0)
+    assert_same_outputs(fresh, trained)
     trained.train(), fresh.train()
-    torch.testing.assert_close(fresh(images()), trained(images()), rtol=0, atol=0)
+    assert_same_outputs(fresh, trained)
 
 
 @pytest.mark.parametrize("norm", NORMALIZING)
@@ -322,7 +324,7 @@ def test_deepcopy_is_independent_and_equal(norm):
         assert len(gammas) == 1 and id(parametrization_of(d[0]).gamma) not in gammas
     d2 = copy.deepcopy(d)
     d.eval(), d2.eval()
-    torch.testing.assert_close(d2(images()), d(images()), rtol=0, atol=0)
+    assert_same_outputs(d2, d)
 
 
 @pytest.mark.parametrize("norm", NORMALIZING)

@@ -20,17 +20,6 @@ from gradscope.train import RunConfig, resume, train
 from gradscope.train import api as train_api
 from gradscope.train.checkpoint import list_checkpoints, load_checkpoint
 
-@pytest.fixture(autouse=True)
-def single_thread(monkeypatch):
-    """One CPU thread here and in child processes: these nets are tiny, and shared CI cores make
-    multi-threaded kernels wait on each other (runs compared bit for bit also share the setting)."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Exact spectral norms (dense SVDs of every layer) cost seconds per step for the image nets: on for the MLP only.
 TINY = dict(iterations=2, eval_every=0, checkpoint_every=1, keep_checkpoints=0, flush_every=1, quiet=True)
 

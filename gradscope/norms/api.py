@@ -15,8 +15,9 @@ from gradscope.norms.strict import StrictSpectralNorm
 
 NORMS = ("none", "sn", "bsn", "ssn", "bssn", "strict", "sn-same-gamma", "sn-diff-gamma")
 SCALED_NORMS = ("ssn", "bssn")
-SUPPORTED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
-                    nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+#: The layers with a weight to normalize (and to initialize: :data:`gradscope.init.INITIALIZABLE_TYPES`).
+SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
+                                                 nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 Skip = Collection[str] | Callable[[str, nn.Module], bool]
 
 
