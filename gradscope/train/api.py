@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from gradscope.train.checkpoint import find_checkpoint, load_checkpoint
-from gradscope.train.config import POINT_DATASETS, RunConfig, check_inception_weights, default_run_dir
-from gradscope.train.distributed import SMALL_IMAGE_SIZE, DistContext, configure_threads, init_distributed, \
+from gradscope.train.config import RunConfig, check_inception_weights, default_run_dir
+from gradscope.train.distributed import DistContext, configure_threads, init_distributed, is_small_problem, \
     resolve_device
 from gradscope.train.loop import LoopOutcome, Trainer
 from gradscope.train.progress import Progress
@@ -178,7 +178,7 @@ def _execute(config: RunConfig, *, resuming: bool, overwrite: bool) -> RunResult
     check_accelerator_options(config, device)
     context = init_distributed(device.type)
     try:
-        small = config.dataset in POINT_DATASETS or (config.image_size or SMALL_IMAGE_SIZE + 1) <= SMALL_IMAGE_SIZE
+        small = is_small_problem(config.dataset, config.image_size)
         recorded = (stored_config(config.out) or {}).get("cpu_threads") if resuming else None
         threads = configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), small=small, recorded=recorded)
         run_dir = _agreed_run_dir(config, context)

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from gradscope._checks import check_choice, check_int_at_least
+from gradscope.train.config import POINT_DATASETS
 
 
 @dataclass
@@ -102,6 +103,11 @@ def available_cpus() -> int:
 
 #: Largest image side still trained on one CPU thread (see :func:`configure_threads`).
 SMALL_IMAGE_SIZE = 16
+
+
+def is_small_problem(dataset: str, image_size: int | None) -> bool:
+    """A 2D point set, or images of at most :data:`SMALL_IMAGE_SIZE` pixels (``None``: the dataset's own, 32+)."""
+    return dataset in POINT_DATASETS or (image_size is not None and image_size <= SMALL_IMAGE_SIZE)
 
 
 def configure_threads(local_world_size: int = 1, *, small: bool = False, recorded: int | None = None) -> int:
