@@ -289,15 +289,17 @@ def init_spread_table(table: pd.DataFrame, final: pd.DataFrame) -> pd.DataFrame:
     if final["init"].nunique() < 2:
         return pd.DataFrame(columns=columns)
     judged = final[final["judged"]]
-    last = table[table["norm"] == "none"].sort_values("step").groupby(["init", "layer"])["lecun_ratio"].last()
-    exact = judged[judged["norm"] == "sn"].set_index(["init", "layer"])["exact_sn_ratio"]
+    # layer x init tables: fan_in Var(W) at the last step without SN, the exact-SN ratio of the trained weights
+    none = table[table["norm"] == "none"].sort_values("step").groupby(["layer", "init"])["lecun_ratio"].last()
+    none = none.unstack("init")
+    exact = judged[judged["norm"] == "sn"].pivot(index="layer", columns="init", values="exact_sn_ratio")
     rows = []
     for layer in judged["layer"].unique():
-        none = last.xs(layer, level="layer") if layer in last.index.get_level_values("layer") else pd.Series()
-        sn = exact.xs(layer, level="layer") if layer in exact.index.get_level_values("layer") else pd.Series()
-        if len(none) >= 2 and len(sn) >= 2:
-            rows.append({"layer": layer, "inits": len(sn), "spread_none": float(none.max() / none.min()),
-                         "spread_exact_sn": float(sn.max() / sn.min())})
+        if layer in none.index and layer in exact.index:
+            without, with_sn = none.loc[layer].dropna(), exact.loc[layer].dropna()
+            if len(without) >= 2 and len(with_sn) >= 2:
+                rows.append({"layer": layer, "inits": len(with_sn), "spread_none": float(without.max() / without.min()),
+                             "spread_exact_sn": float(with_sn.max() / with_sn.min())})
     return pd.DataFrame(rows, columns=columns)
 
 
