@@ -62,6 +62,7 @@ import torch
 from torch import nn
 
 from gradscope._checks import check_choice, check_positive
+from gradscope.norms.api import SUPPORTED_LAYERS
 from gradscope.norms.base import raw_weight
 
 INIT_SCHEMES: tuple[str, ...] = ("dcgan", "lecun", "xavier", "kaiming")
@@ -72,9 +73,9 @@ DCGAN_STD = 0.02
 #: Truncation point of the reference initializer, in standard deviations.
 DCGAN_TRUNCATION = 2.0
 
-_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-INITIALIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, *_CONV_TYPES, *_TRANSPOSED_TYPES)
+#: The layers with a weight to initialize: those :func:`gradscope.norms.normalize` normalizes.
+INITIALIZABLE_TYPES: tuple[type[nn.Module], ...] = SUPPORTED_LAYERS
 
 
 class Fans(NamedTuple):
