@@ -26,12 +26,13 @@ made on image data with the SNDCGAN only.
 
 Verdicts
 --------
-Never must-hold, and ``inconclusive`` unless the evidence is clear: final
+Never must-hold, and decided by 95 % intervals (:mod:`analyses.stats`): final
 quality is compared pair by pair (same dataset, ``c`` and seed) with
-:func:`analyses.c4_gamma.paired_comparison` (``holds`` only when every pair
-favours BSSN by at least 10 %); stability ``holds`` when SN's collapse fraction
-exceeds BSSN's by at least 0.25 over at least 4 runs per method (``violated``
-for the reverse, never at ``tiny`` scale).
+:func:`analyses.c4_gamma.paired_comparison` (the paired ratio SN / BSSN and
+its t interval over pairs); stability by SN's collapse fraction minus BSSN's
+with a bootstrap interval, judged only with at least 4 runs per method
+(never ``violated`` at ``tiny`` scale). The powered version of this
+comparison, on 32x32 MNIST over c and five seeds, is E2 / E3.
 """
 from __future__ import annotations
 
@@ -41,14 +42,14 @@ import numpy as np
 import pandas as pd
 
 from analyses.c4_gamma import paired_comparison
-from analyses.common import HOLDS, INCONCLUSIVE, VIOLATED, AnalysisResult, Check, check_at_most, start_result
+from analyses.common import INCONCLUSIVE, VIOLATED, AnalysisResult, Check, check_at_most, start_result
 from gradscope.plot import style
 
 CLAIM = "C8"
 TITLE = "Sample quality and stability: SN vs BSSN across the scale c"
 METHODS: tuple[str, ...] = ("ssn", "bssn")
-#: Difference of collapse fractions (SN minus BSSN) that counts as clear, and the runs needed per method.
-COLLAPSE_MARGIN, MIN_RUNS = 0.25, 4
+#: Runs per method below which the collapse fractions are not judged.
+MIN_RUNS = 4
 #: Quality columns of the sweep summary: (final, per-eval scalar names, what, higher is better).
 QUALITY = (("final_fid", ("inception_fid", "digits_fid"), "final FID", False),
            ("final_modes", ("modes_covered",), "final modes covered", True))
@@ -109,22 +110,20 @@ def quality_history(summary: pd.DataFrame, sweep_dirs: dict[str, Path]) -> pd.Da
 
 
 def collapse_check(rows: pd.DataFrame, dataset: str, scale: str) -> Check:
-    """SN's collapse fraction minus BSSN's, judged with :data:`COLLAPSE_MARGIN` and :data:`MIN_RUNS`."""
+    """SN's collapse fraction minus BSSN's with a bootstrap interval; needs :data:`MIN_RUNS` runs per method."""
+    from analyses.stats import bootstrap_difference, effect_check
+
     finished = rows[rows["status"].isin(["done", "diverged"])]
-    fractions = {m: finished[finished["norm"] == m]["collapsed"].astype(float) for m in METHODS}
-    difference = float(fractions["ssn"].mean() - fractions["bssn"].mean())
-    enough = min(len(f) for f in fractions.values()) >= MIN_RUNS
-    if enough and difference >= COLLAPSE_MARGIN:
-        verdict = HOLDS
-    elif enough and difference <= -COLLAPSE_MARGIN and scale != "tiny":
-        verdict = VIOLATED
-    else:
-        verdict = INCONCLUSIVE
-    return Check(CLAIM, f"{dataset}: collapse fraction SN - BSSN (fewer BSSN collapses)", difference,
-                 COLLAPSE_MARGIN, verdict, False, ">=",
-                 f"SN {int(fractions['ssn'].sum())}/{len(fractions['ssn'])}, "
-                 f"BSSN {int(fractions['bssn'].sum())}/{len(fractions['bssn'])} collapsed; needs >= {MIN_RUNS} runs "
-                 "per method to judge")
+    fractions = {m: finished[finished["norm"] == m]["collapsed"].astype(float).to_numpy() for m in METHODS}
+    counts = (f"SN {int(fractions['ssn'].sum())}/{len(fractions['ssn'])}, "
+              f"BSSN {int(fractions['bssn'].sum())}/{len(fractions['bssn'])} collapsed")
+    check = effect_check(CLAIM, f"{dataset}: collapse fraction SN - BSSN (fewer BSSN collapses)",
+                         bootstrap_difference(fractions["bssn"], fractions["ssn"]), "positive",
+                         note=f"{counts}; needs >= {MIN_RUNS} runs per method to judge")
+    if min(len(f) for f in fractions.values()) < MIN_RUNS or (scale == "tiny" and check.verdict == VIOLATED):
+        check = Check(check.claim, check.quantity, check.measured, check.bound_or_prediction, INCONCLUSIVE,
+                      False, check.relation, check.detail)
+    return check
 
 
 def identity_check(losses: pd.DataFrame, dataset: str) -> Check:

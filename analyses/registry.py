@@ -1,6 +1,7 @@
-"""Where the analyses live: names ``c1`` .. ``c8`` mapped to modules, imported only when used.
+"""Where the analyses live: names ``c1`` .. ``c8`` (claims) and ``e1`` .. ``e4`` (the paper's training
+experiments) mapped to modules, imported only when used.
 
-A module for claim ``cN`` is the file ``analyses/cN_<anything>.py``; it is
+A module for claim ``cN`` is the file ``analyses/cN_<anything>.py`` (``eN`` likewise); it is
 found by that prefix, so adding an analysis needs no edit here. A missing or
 broken module is reported (:class:`AnalysisUnavailable`), never crashes the
 other analyses.
@@ -14,7 +15,7 @@ from types import ModuleType
 
 from analyses.common import AnalysisResult, check_scale
 
-NAMES: tuple[str, ...] = tuple(f"c{i}" for i in range(1, 9))
+NAMES: tuple[str, ...] = tuple(f"c{i}" for i in range(1, 9)) + tuple(f"e{i}" for i in range(1, 5))
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -72,26 +73,41 @@ def available() -> dict[str, str | None]:
     return {n: module_name(n) for n in NAMES}
 
 
-def run_analysis(name: str, scale: str, out: str | Path, seed: int = 0) -> AnalysisResult:
+def run_analysis(name: str, scale: str, out: str | Path, seed: int = 0,
+                 from_results: str | Path | None = None, dataset: str | None = None) -> AnalysisResult:
     """Run one analysis into ``out`` and save its checks and summary there.
 
     Parameters
     ----------
     name : str
-        ``"c1"`` .. ``"c8"`` (any case).
+        ``"c1"`` .. ``"c8"`` or ``"e1"`` .. ``"e4"`` (any case).
     scale : str
         ``"tiny"``, ``"small"`` or ``"paper"``.
     out : path
         Directory for its tables, figures, ``checks.csv`` and ``result.json``.
     seed : int
         Random seed passed to the analysis.
+    from_results : path, optional
+        A folder of the analysis's committed compact tables (``results/<scale>/<name>``):
+        redraw and re-judge from them instead of running anything (training experiments only).
+    dataset : str, optional
+        Train the experiment's runs on this dataset instead of its scale's (training experiments only).
     """
     check_scale(scale)
     module = load(name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    result = module.run(scale, out, seed=seed)
+    if from_results is not None:
+        if not hasattr(module, "from_results"):
+            raise ValueError(f"{normalize_name(name)} has no committed results to redraw; run it instead")
+        result = module.from_results(scale, Path(from_results), out)
+    elif dataset is not None:
+        if not hasattr(module, "sweeps"):
+            raise ValueError(f"{normalize_name(name)} trains no runs of a dataset; --dataset applies to e1..e4")
+        result = module.run(scale, out, seed=seed, dataset=dataset)
+    else:
+        result = module.run(scale, out, seed=seed)
     if not isinstance(result, AnalysisResult):
         raise AnalysisUnavailable(f"{name}: run() returned {type(result).__name__}, not AnalysisResult")
     result.notes.append(f"ran in {time.perf_counter() - start:.1f} s at scale {scale!r}, seed {seed}")

@@ -49,15 +49,21 @@ class Outcome:
 
 
 def run_selected(names: list[str], scale: str, out: Path, seed: int = 0,
-                 progress: TextIO | None = sys.stderr) -> Outcome:
-    """Run ``names`` at ``scale``, each into ``out/<name>``; never raises for a failing analysis."""
+                 progress: TextIO | None = sys.stderr, from_results: Path | None = None,
+                 dataset: str | None = None) -> Outcome:
+    """Run ``names`` at ``scale``, each into ``out/<name>``; never raises for a failing analysis.
+
+    With ``from_results``, each analysis redraws from ``from_results/<name>`` instead of running.
+    """
     check_scale(scale)
     outcome = Outcome()
     for name in names:
         if progress is not None:
             print(f"[gradscope] {name.upper()} at scale {scale} ...", file=progress, flush=True)
         try:
-            outcome.results[name] = registry.run_analysis(name, scale, Path(out) / name, seed=seed)
+            source = None if from_results is None else Path(from_results) / name
+            outcome.results[name] = registry.run_analysis(name, scale, Path(out) / name, seed=seed,
+                                                          from_results=source, dataset=dataset)
         except registry.AnalysisUnavailable as exc:
             outcome.errors[name] = str(exc)
         except Exception as exc:  # report, keep going: one broken analysis must not hide the rest

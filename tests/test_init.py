@@ -41,8 +41,11 @@ REL_TOL = 0.025
 
 def _expected_variance(scheme: str, layer: nn.Module, slope: float = 0.0) -> float:
     fan_in, fan_out = layer_fans(layer)
+    # the authors' code truncates its convolutions only (linear and deconv2d: random_normal_initializer)
+    untruncated = isinstance(layer, (nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
     return {
         "dcgan": 0.02**2 * stats.truncnorm(-2, 2).var(),
+        "dcgan-authors": 0.02**2 * (1.0 if untruncated else stats.truncnorm(-2, 2).var()),
         "lecun": 1 / fan_in,
         "xavier": 2 / (fan_in + fan_out),
         "kaiming": 2 / ((1 + slope**2) * fan_in),
@@ -206,7 +209,7 @@ def test_scheme_variance_formulas() -> None:
 
 
 def test_bad_input() -> None:
-    with pytest.raises(ValueError, match="'dcgan', 'lecun', 'xavier', 'kaiming'"):
+    with pytest.raises(ValueError, match="'dcgan', 'lecun', 'xavier', 'kaiming', 'dcgan-authors'"):
         init_(nn.Linear(2, 2), "orthogonal")
     with pytest.raises(ValueError, match="no layer to initialize"):
         init_(nn.Sequential(nn.ReLU()), "lecun")
@@ -216,3 +219,46 @@ def test_bad_input() -> None:
         layer_fans(nn.Linear(2, 2), convention="tf")
     with pytest.raises(ValueError, match="negative_slope"):
         init_(nn.Linear(2, 2), "kaiming", negative_slope=-0.1)
+
+
+# --- dcgan-authors: the authors' TF initializers (truncated convs, untruncated linear / deconv) --------------
+
+def test_dcgan_authors_truncates_convs_only() -> None:
+    from gradscope.models import SNDCGANDiscriminator, SNDCGANGenerator
+
+    gen = torch.Generator().manual_seed(5)
+    D, G = init_(SNDCGANDiscriminator(32), "dcgan-authors", generator=gen), init_(SNDCGANGenerator(32),
+                                                                                  "dcgan-authors", generator=gen)
+    untruncated = [D.linear, G.stem[0], *(m for m in G.modules() if isinstance(m, nn.ConvTranspose2d))]
+    convs = [m for m in D.modules() if isinstance(m, nn.Conv2d)]
+    assert len(untruncated) == 6 and len(convs) == 7
+    tail = 2 * stats.norm.sf(2.0)  # P(|w| > 2 std) of the untruncated normal: 0.0455
+    for layer in untruncated:
+        w = layer.weight.detach().double().flatten()
+        beyond = (w.abs() > 0.04).double().mean().item()
+        n = w.numel()
+        # binomial fraction within 6 standard errors of the normal's tail mass, and present at all
+        assert beyond > 0 and abs(beyond - tail) < 6 * math.sqrt(tail * (1 - tail) / n) + 1e-12, (layer, beyond)
+        assert stats.kstest(w.numpy(), stats.norm(scale=0.02).cdf).pvalue > 1e-4
+    for layer in convs:
+        w = layer.weight.detach().double().flatten()
+        assert w.abs().max().item() <= 0.04
+        assert stats.kstest(w.numpy(), stats.truncnorm(-2, 2, scale=0.02).cdf).pvalue > 1e-4
+    assert all(not m.bias.any() for m in [*untruncated, *convs])
+
+
+def test_dcgan_authors_variance_needs_the_layer() -> None:
+    assert scheme_variance("dcgan-authors", Fans(4.0, 2.0), layer=nn.Linear(4, 2)) == pytest.approx(0.02**2)
+    assert scheme_variance("dcgan-authors", Fans(4.0, 2.0), layer=nn.Conv2d(1, 2, 2)) == pytest.approx(
+        0.02**2 * stats.truncnorm(-2, 2).var(), rel=1e-12)
+    with pytest.raises(ValueError, match="pass layer="):
+        scheme_variance("dcgan-authors", Fans(4.0, 2.0))
+
+
+def test_dcgan_is_unchanged_by_the_authors_variant() -> None:
+    model = nn.Sequential(nn.Linear(64, 32), nn.Conv2d(3, 8, 3), nn.ConvTranspose2d(8, 3, 4))
+    init_(model, "dcgan", generator=torch.Generator().manual_seed(9))
+    squares = [float(p.detach().double().pow(2).sum()) for p in model.parameters() if p.dim() > 1]
+    # pinned from the code before dcgan-authors existed: the same draws, truncated everywhere
+    assert squares == pytest.approx([0.6340245240107844, 0.07257290390159084, 0.11926187761502972], rel=1e-12)
+    assert all(p.abs().max() <= 0.04 for p in model.parameters() if p.dim() > 1)

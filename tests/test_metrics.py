@@ -260,9 +260,9 @@ def test_corrupt_cache_entry_is_retrained(tmp_path, monkeypatch):
     path.write_bytes(b"not a torch file")
     calls = []
 
-    def fake_training(seed):
+    def fake_training(seed, source="digits"):
         calls.append(seed)
-        return train_digits_classifier(seed, epochs=1)
+        return train_digits_classifier(seed, epochs=1, source=source)
 
     monkeypatch.setattr("gradscope.metrics.digits.train_digits_classifier", fake_training)
     extractor = load_digits_extractor(cache_dir=tmp_path)

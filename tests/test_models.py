@@ -235,3 +235,71 @@ def test_every_normalization_applies_to_the_discriminators(norm: str) -> None:
         out.sum().backward()
         params = [parametrization_of(m) for m in layers]
         assert all(p is None for p in params) if norm == "none" else all(p is not None for p in params)
+
+
+# --- ResNet discriminator layouts (miyato = gradscope's default, authors = fjxmlzn/BSN's ImageNet D) ---------
+
+def _normalized_layers(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if parametrization_of(m) is not None]
+
+
+def test_resnet_authors_layout_has_the_extra_shortcut_and_hidden_equal_out() -> None:
+    torch.manual_seed(0)
+    counts = {}
+    for layout in ("miyato", "authors"):
+        D = ResNetDiscriminator(128, layout=layout)
+        convs = [m for m in D.modules() if isinstance(m, nn.Conv2d)]
+        counts[layout] = (len(convs), len(_normalized_layers(normalize(D, "sn"))))
+        if layout == "authors":
+            # hidden = out channels in every block after the first (64 -> 128: conv 64 -> 128, 128 -> 128)
+            first_conv, second_conv = D.blocks[1].residual[1], D.blocks[1].residual[3]
+            assert (first_conv.in_channels, first_conv.out_channels) == (64, 128)
+            assert (second_conv.in_channels, second_conv.out_channels) == (128, 128)
+            last = D.blocks[-1].shortcut
+            assert isinstance(last, nn.Sequential) and isinstance(last[0], nn.Conv2d)
+            assert last[0].kernel_size == (1, 1) and (last[0].in_channels, last[0].out_channels) == (1024, 1024)
+            assert parametrization_of(last[0]) is not None  # normalized like every other layer
+            with torch.no_grad():
+                assert D(torch.randn(1, 3, 128, 128)).shape == (1,)
+    # 18 convolutions (+ the linear layer: 19 normalized layers) vs 17 (+1: 18) in Miyato's layout
+    assert counts == {"miyato": (17, 18), "authors": (18, 19)}
+
+
+def test_resnet_authors_layout_at_32_px_counts_and_shapes() -> None:
+    def conv(c_in: int, c_out: int, k: int) -> int:
+        return c_in * c_out * k * k + c_out
+
+    D = ResNetDiscriminator(32, layout="authors")
+    block = 2 * conv(128, 128, 3) + conv(128, 128, 1)  # every block after the first has a 1x1 shortcut
+    assert _count(D) == conv(3, 128, 3) + conv(128, 128, 3) + conv(3, 128, 1) + 3 * block + 129
+    assert D(torch.randn(2, 3, 32, 32)).shape == (2,)
+    assert ResNetDiscriminator(32).layout == "miyato" and D.layout == "authors"
+
+
+def test_resnet_default_layout_is_unchanged() -> None:
+    """Default = explicit "miyato", bit for bit, and equal to what gradscope built before layouts existed."""
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    built = []
+    for kwargs in ({}, {"layout": "miyato"}):
+        torch.manual_seed(7)
+        D = ResNetDiscriminator(32, channels=1, **kwargs)
+        with torch.no_grad():
+            built.append((D.state_dict(), D(x)))
+    (state, out), (state_m, out_m) = built
+    assert state.keys() == state_m.keys() and all(torch.equal(state[k], state_m[k]) for k in state)
+    assert torch.equal(out, out_m)
+    # pinned from the code before the layout option (commit HEAD of this change): seed 7, 22 tensors
+    assert len(state) == 22
+    assert sum(float(v.double().pow(2).sum()) for v in state.values()) == pytest.approx(1029.7057219238532, rel=1e-9)
+    assert out.tolist() == pytest.approx([2.044799327850342, 1.847141981124878], rel=1e-5)
+
+
+def test_resnet_layout_errors() -> None:
+    with pytest.raises(ValueError, match="unknown discriminator layout 'tf'; valid choices: 'miyato', 'authors'"):
+        ResNetDiscriminator(32, layout="tf")
+    with pytest.raises(ValueError, match="unknown d_layout 'tf'; valid choices: 'miyato', 'authors'"):
+        build_pair("resnet", d_layout="tf")
+    with pytest.raises(ValueError, match="applies to the resnet arch only"):
+        build_pair("sndcgan", d_layout="authors")
+    D, _ = build_pair("resnet", 32, 1, d_layout="authors")
+    assert D.layout == "authors"

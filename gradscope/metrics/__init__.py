@@ -7,6 +7,7 @@ not comparable to Inception-based ``inception_*`` numbers.
 from __future__ import annotations
 
 from gradscope.metrics.cache import default_cache_dir
+from gradscope.metrics.coverage import class_histogram, classes_covered
 from gradscope.metrics.digits import DigitsExtractor, load_digits_extractor, train_digits_classifier
 from gradscope.metrics.evaluate import evaluate_generator, generate_samples
 from gradscope.metrics.extractor import EXTRACTORS, FeatureExtractor, clear_extractor_cache, get_extractor
@@ -30,6 +31,8 @@ __all__ = [
     "InceptionUnavailable",
     "ReferenceStatistics",
     "SampleQuality",
+    "class_histogram",
+    "classes_covered",
     "clear_extractor_cache",
     "default_cache_dir",
     "evaluate_generator",

@@ -1,6 +1,10 @@
-"""The embedded feature extractor: a small CNN trained on scikit-learn's 8x8 digits.
+"""The embedded feature extractors: a small CNN trained on handwritten digits, offline.
 
-It makes "digits-FID", "digits-IS" and "digits-KID" available offline: the
+Two training sources (:data:`CLASSIFIER_SOURCES`), one architecture: scikit-learn's
+8x8 digits (metrics ``digits_fid`` ...) and the 5,000 MNIST digits of
+:mod:`gradscope.data.mnist` (``mnist_fid`` ...), each with a seeded 20 %
+held-out split. They make "digits-FID", "digits-IS" and "digits-KID" (and
+their ``mnist`` counterparts) available offline: the
 classifier's penultimate activations (128 ReLU units) play the role of
 Inception's pool features and its 10 logits the role of Inception's class
 logits, fed to the very same formulas. These numbers measure distances in
@@ -23,13 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradscope._checks import check_int_at_least
+from gradscope._checks import check_choice, check_int_at_least
 from gradscope.metrics.cache import default_cache_dir, load_cached, save_atomic
 
-__all__ = ["DigitsClassifier", "DigitsExtractor", "load_digits_extractor", "train_digits_classifier"]
+__all__ = ["CLASSIFIER_SOURCES", "DigitsClassifier", "DigitsExtractor", "load_digits_extractor", "train_digits_classifier"]
 
 INPUT_SIZE = 16
 VERSION = "v1"
+#: The datasets a classifier can be trained on; each name is also its metrics' prefix (``mnist_fid``).
+CLASSIFIER_SOURCES: tuple[str, ...] = ("digits", "mnist")
 HELD_OUT_FRACTION = 0.2
 
 
@@ -74,8 +80,13 @@ def to_classifier_input(images: Tensor) -> Tensor:
     return x.clamp(-1.0, 1.0)
 
 
-def _digits_tensors() -> tuple[Tensor, Tensor]:
-    """scikit-learn's digits as images in [-1, 1] (N, 1, 8, 8) and labels; shipped with sklearn, offline."""
+def _classifier_tensors(source: str) -> tuple[Tensor, Tensor]:
+    """Images in [-1, 1] (N, 1, S, S) and labels of ``source``: sklearn's 8x8 digits or the 32x32 MNIST sample."""
+    if source == "mnist":
+        from gradscope.data.mnist import load_mnist
+
+        dataset = load_mnist()
+        return dataset.decode(dataset.data), dataset.labels
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -105,10 +116,11 @@ def _seeded_classifier(seed: int) -> DigitsClassifier:
         return DigitsClassifier()
 
 
-def train_digits_classifier(seed: int = 0, epochs: int = 15, batch_size: int = 64) -> tuple[DigitsClassifier, float]:
+def train_digits_classifier(seed: int = 0, epochs: int = 15, batch_size: int = 64,
+                            source: str = "digits") -> tuple[DigitsClassifier, float]:
     """Train the digits classifier on CPU, deterministically from ``seed``.
 
-    80% of the 1797 digits (a seeded split) train it with Adam and random
+    80% of the images of ``source`` (1797 digits or 5000 MNIST; a seeded split) train it with Adam and random
     one-pixel shifts, on one CPU thread; the other 20% give the held-out
     accuracy. The global torch RNG is left as it was, so calling this in the
     middle of a training run does not change that run's random stream.
@@ -121,6 +133,8 @@ def train_digits_classifier(seed: int = 0, epochs: int = 15, batch_size: int = 6
         Passes over the training split.
     batch_size : int
         Mini-batch size.
+    source : {"digits", "mnist"}
+        Training images (:data:`CLASSIFIER_SOURCES`).
 
     Returns
     -------
@@ -134,7 +148,8 @@ def train_digits_classifier(seed: int = 0, epochs: int = 15, batch_size: int = 6
     check_int_at_least("seed", seed, 0)
     check_int_at_least("epochs", epochs, 1)
     check_int_at_least("batch_size", batch_size, 1)
-    images, labels = _digits_tensors()
+    check_choice("classifier source", source, CLASSIFIER_SOURCES)
+    images, labels = _classifier_tensors(source)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(images.shape[0], generator=generator)
     n_test = int(round(HELD_OUT_FRACTION * images.shape[0]))
@@ -184,10 +199,10 @@ class DigitsExtractor:
     Attributes
     ----------
     name : str
-        ``"digits-cnn-<version>-<weights hash>"``: identifies the exact weights,
+        ``"<family>-cnn-<version>-<weights hash>"``: identifies the exact weights,
         so cached reference statistics never mix two classifiers.
     family : str
-        ``"digits"``: the prefix of the metric names it produces.
+        The training source, ``"digits"`` or ``"mnist"``: the prefix of the metric names it produces.
     device : torch.device
         Where the classifier runs.
     accuracy : float
@@ -200,12 +215,12 @@ class DigitsExtractor:
     accuracy: float
     device: torch.device
     loaded_from_cache: bool
+    family: str = "digits"
     name: str = field(init=False)
-    family: str = field(init=False, default="digits")
 
     def __post_init__(self) -> None:
         self.model = self.model.to(self.device).eval().requires_grad_(False)
-        self.name = f"digits-cnn-{VERSION}-{_weights_digest(self.model.state_dict())}"
+        self.name = f"{self.family}-cnn-{VERSION}-{_weights_digest(self.model.state_dict())}"
 
     @torch.no_grad()
     def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -218,6 +233,7 @@ def load_digits_extractor(
     *,
     cache_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
+    source: str = "digits",
 ) -> DigitsExtractor:
     """The digits extractor, loaded from the cache or trained (once) and cached.
 
@@ -227,9 +243,11 @@ def load_digits_extractor(
         Where the classifier runs (training itself is always on CPU).
     cache_dir : path, optional
         Cache root; default :func:`default_cache_dir` (``$GRADSCOPE_CACHE`` or
-        ``~/.cache/gradscope``). The file is ``<root>/metrics/digits-classifier-<version>-seed<seed>.pt``.
+        ``~/.cache/gradscope``). The file is ``<root>/metrics/<source>-classifier-<version>-seed<seed>.pt``.
     seed : int
         Training seed.
+    source : {"digits", "mnist"}
+        What the classifier is trained on; also the metrics' prefix.
 
     Returns
     -------
@@ -242,15 +260,18 @@ def load_digits_extractor(
     True
     """
     check_int_at_least("seed", seed, 0)
-    path = default_cache_dir(cache_dir) / "metrics" / f"digits-classifier-{VERSION}-seed{seed}.pt"
+    check_choice("classifier source", source, CLASSIFIER_SOURCES)
+    path = default_cache_dir(cache_dir) / "metrics" / f"{source}-classifier-{VERSION}-seed{seed}.pt"
     cached = load_cached(path)
     model = _seeded_classifier(seed)
     if isinstance(cached, dict) and "state_dict" in cached:
         try:
             model.load_state_dict(cached["state_dict"])
-            return DigitsExtractor(model, float(cached["accuracy"]), torch.device(device), loaded_from_cache=True)
+            return DigitsExtractor(model, float(cached["accuracy"]), torch.device(device), loaded_from_cache=True,
+                                   family=source)
         except (RuntimeError, KeyError, TypeError, ValueError):
             pass  # an entry from an incompatible version: retrain and overwrite it
-    model, accuracy = train_digits_classifier(seed)
-    save_atomic({"state_dict": model.state_dict(), "accuracy": accuracy, "seed": seed, "version": VERSION}, path)
-    return DigitsExtractor(model, accuracy, torch.device(device), loaded_from_cache=False)
+    model, accuracy = train_digits_classifier(seed, source=source)
+    save_atomic({"state_dict": model.state_dict(), "accuracy": accuracy, "seed": seed, "version": VERSION,
+                 "source": source}, path)
+    return DigitsExtractor(model, accuracy, torch.device(device), loaded_from_cache=False, family=source)

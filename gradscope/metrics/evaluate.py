@@ -80,7 +80,7 @@ def evaluate_generator(
     Image datasets (``dataset.kind == "image"``): FID, IS (10 splits) and KID
     of ``n_samples`` generated images under the chosen feature extractor,
     keyed ``<family>_fid``, ``<family>_is_mean``, ``<family>_is_std``,
-    ``<family>_kid_mean``, ``<family>_kid_std`` with family ``digits`` or
+    ``<family>_kid_mean``, ``<family>_kid_std`` with family ``digits``, ``mnist`` or
     ``inception`` (digits numbers are not comparable to Inception ones). The
     real side comes from :func:`reference_statistics` (computed once, cached).
 
@@ -100,7 +100,7 @@ def evaluate_generator(
         gradscope dataset (``kind``, ``name``; images: ``image_size``).
     n_samples : int
         Generated samples (2000 is the CPU default; 10k-50k on a GPU for publishable FID).
-    extractor : {"auto", "digits", "inception"}
+    extractor : {"auto", "digits", "mnist", "inception"}
         See :func:`gradscope.metrics.extractor.get_extractor`.
     batch_size : int
         Batch size of generation and feature extraction.

@@ -10,12 +10,12 @@ from torch import Tensor
 
 from gradscope._checks import check_choice
 from gradscope.metrics.cache import default_cache_dir
-from gradscope.metrics.digits import load_digits_extractor
+from gradscope.metrics.digits import CLASSIFIER_SOURCES, load_digits_extractor
 from gradscope.metrics.inception import InceptionExtractor, InceptionUnavailable
 
 __all__ = ["EXTRACTORS", "FeatureExtractor", "clear_extractor_cache", "get_extractor"]
 
-EXTRACTORS = ("auto", "digits", "inception")
+EXTRACTORS = ("auto", "digits", "mnist", "inception")
 logger = logging.getLogger("gradscope.metrics")
 
 _loaded: dict[tuple[str, str, str, str], FeatureExtractor] = {}
@@ -32,7 +32,7 @@ class FeatureExtractor(Protocol):
     name : str
         Identifies the network *and its weights*; part of the cache key of reference statistics.
     family : str
-        ``"digits"`` or ``"inception"``: the prefix of the metric names (``digits_fid``, ``inception_fid``).
+        ``"digits"``, ``"mnist"`` or ``"inception"``: the prefix of the metric names (``mnist_fid``, ...).
     device : torch.device
         Where ``features`` runs; images are moved there.
     """
@@ -71,10 +71,11 @@ def get_extractor(
 ) -> FeatureExtractor:
     """Build (once per process and settings) the feature extractor the metrics use.
 
-    - ``"digits"``: the embedded digits classifier (always available offline).
+    - ``"digits"`` / ``"mnist"``: the embedded digit classifier trained on sklearn's digits / on the
+      MNIST sample (both always available offline).
     - ``"inception"``: torch-fidelity's Inception-v3; its default weights are
       downloaded into torch hub's cache if missing.
-    - ``"auto"``: the digits classifier for the ``digits`` dataset; otherwise
+    - ``"auto"``: the classifier of that dataset for ``digits`` and ``mnist``; otherwise
       Inception when the library and weights are already there (``auto`` never
       downloads), else the digits classifier.
 
@@ -83,7 +84,7 @@ def get_extractor(
 
     Parameters
     ----------
-    kind : {"auto", "digits", "inception"}
+    kind : {"auto", "digits", "mnist", "inception"}
     device : str or torch.device
         Where the extractor runs.
     cache_dir : path, optional
@@ -104,7 +105,9 @@ def get_extractor(
     """
     check_choice("feature extractor", kind, EXTRACTORS)
     device = torch.device(device)
-    wants_inception = kind == "inception" or (kind == "auto" and dataset_name != "digits")
+    if kind == "auto" and dataset_name in CLASSIFIER_SOURCES:
+        kind = dataset_name
+    wants_inception = kind == "inception" or kind == "auto"
     if wants_inception:
         download = kind == "inception"
         key = ("inception", str(device), "download" if download else "", str(inception_weights))
@@ -118,7 +121,8 @@ def get_extractor(
                            "(digits-FID/IS/KID, not comparable to Inception numbers)")
         if key in _loaded:
             return _loaded[key]
-    key = ("digits", str(device), str(default_cache_dir(cache_dir)), "")
+    source = kind if kind in CLASSIFIER_SOURCES else "digits"
+    key = (source, str(device), str(default_cache_dir(cache_dir)), "")
     if key not in _loaded:
-        _loaded[key] = load_digits_extractor(device, cache_dir=cache_dir)
+        _loaded[key] = load_digits_extractor(device, cache_dir=cache_dir, source=source)
     return _loaded[key]

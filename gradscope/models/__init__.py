@@ -18,15 +18,16 @@ from torch import nn
 from gradscope._checks import check_choice
 from gradscope.models.base import ImageGenerator, LatentGenerator
 from gradscope.models.mlp import MLP_DEFAULT_Z_DIM, MLPDiscriminator, MLPGenerator
-from gradscope.models.resnet import RESNET_IMAGE_SIZES, ResNetDiscriminator, ResNetGenerator
+from gradscope.models.resnet import RESNET_D_LAYOUTS, RESNET_IMAGE_SIZES, ResNetDiscriminator, ResNetGenerator
 from gradscope.models.sndcgan import SNDCGAN_D_CONVS, SNDCGANDiscriminator, SNDCGANGenerator
 
 ARCHS: tuple[str, ...] = ("sndcgan", "resnet", "mlp")
 IMAGE_Z_DIM = 128
 
 __all__ = [
-    "ARCHS", "ImageGenerator", "LatentGenerator", "MLPDiscriminator", "MLPGenerator", "RESNET_IMAGE_SIZES", "ResNetDiscriminator",
-    "ResNetGenerator", "SNDCGAN_D_CONVS", "SNDCGANDiscriminator", "SNDCGANGenerator", "build_pair",
+    "ARCHS", "ImageGenerator", "LatentGenerator", "MLPDiscriminator", "MLPGenerator", "RESNET_D_LAYOUTS",
+    "RESNET_IMAGE_SIZES", "ResNetDiscriminator", "ResNetGenerator", "SNDCGAN_D_CONVS", "SNDCGANDiscriminator",
+    "SNDCGANGenerator", "build_pair",
 ]
 
 
@@ -37,6 +38,8 @@ def build_pair(
     *,
     z_dim: int | None = None,
     data_dim: int | None = None,
+    width: float = 1.0,
+    d_layout: str = "miyato",
 ) -> tuple[nn.Module, LatentGenerator]:
     """Build a fresh ``(discriminator, generator)`` pair in its reference initialization.
 
@@ -52,6 +55,11 @@ def build_pair(
         Latent size; 128 for the image architectures, 16 for ``mlp`` by default.
     data_dim : int, optional
         Dimension of a data point for ``mlp`` (default 2). Not accepted for the image architectures.
+    width : float
+        Channel multiplier of both networks (``sndcgan`` only; 1 is the reference width).
+    d_layout : {"miyato", "authors"}
+        Block layout of the ``resnet`` discriminator (:data:`RESNET_D_LAYOUTS`; see
+        :class:`ResNetDiscriminator`); the other archs have only ``"miyato"``.
 
     Returns
     -------
@@ -67,6 +75,11 @@ def build_pair(
     (16, (2,))
     """
     check_choice("arch", arch, ARCHS)
+    if width != 1.0 and arch != "sndcgan":
+        raise ValueError(f"width {width:g} applies to the sndcgan arch only; {arch} has its reference width (1)")
+    check_choice("d_layout", d_layout, RESNET_D_LAYOUTS)
+    if d_layout != "miyato" and arch != "resnet":
+        raise ValueError(f"d_layout {d_layout!r} applies to the resnet arch only; {arch} has one layout ('miyato')")
     if arch == "mlp":
         if image_size is not None or channels is not None:
             raise ValueError("the mlp arch works on flat vectors: pass data_dim, not image_size or channels")
@@ -79,5 +92,5 @@ def build_pair(
     depth = 3 if channels is None else channels
     latent = IMAGE_Z_DIM if z_dim is None else z_dim
     if arch == "sndcgan":
-        return SNDCGANDiscriminator(size, depth), SNDCGANGenerator(size, depth, latent)
-    return ResNetDiscriminator(size, depth), ResNetGenerator(size, depth, latent)
+        return SNDCGANDiscriminator(size, depth, width=width), SNDCGANGenerator(size, depth, latent, width=width)
+    return ResNetDiscriminator(size, depth, layout=d_layout), ResNetGenerator(size, depth, latent)

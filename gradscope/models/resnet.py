@@ -9,6 +9,15 @@ with ``hidden = in``. The first block is the "optimized" one, which sees the
 image directly: residual conv3x3, ReLU, conv3x3, avgpool; shortcut avgpool
 then conv1x1. After the blocks: ReLU, global *sum* pooling, linear -> 1.
 
+Two discriminator layouts (:data:`RESNET_D_LAYOUTS`): ``"miyato"`` is the one
+above (Miyato et al.'s chainer code; gradscope's default). ``"authors"`` is the
+ImageNet discriminator of Lin et al.'s TensorFlow code (fjxmlzn/BSN,
+``down_resnet``): ``hidden = out`` in every block, and every block after the
+first has a conv1x1 shortcut, the last (non-downsampling) one included. On the
+128 px network that adds one normalized layer: 18 convolutions + the linear
+layer (19 normalized layers) instead of 17 + 1. The authors have no 32 px
+ResNet; there the same two rules give the two plain blocks conv1x1 shortcuts.
+
 ==========  =================================================  ======
 image_size  discriminator blocks (out channels; all down but)   G base
 ==========  =================================================  ======
@@ -31,7 +40,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from gradscope._checks import check_int_at_least
+from gradscope._checks import check_choice, check_int_at_least
 from gradscope.init import init_
 from gradscope.models.base import ImageGenerator
 
@@ -46,6 +55,9 @@ RESNET_G_BASE: dict[int, int] = {32: 256, 128: 1024}
 RESNET_G_BLOCKS: dict[int, tuple[int, ...]] = {32: (256, 256, 256), 128: (1024, 512, 256, 128, 64)}
 RESNET_G_BOTTOM = 4
 RESNET_REFERENCE_INIT = "xavier"
+#: Discriminator layouts: ``miyato`` (hidden = in, identity shortcut where shapes allow) and ``authors``
+#: (fjxmlzn/BSN: hidden = out, a conv1x1 shortcut in every block after the first).
+RESNET_D_LAYOUTS: tuple[str, ...] = ("miyato", "authors")
 
 
 def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -75,15 +87,23 @@ class OptimizedDiscriminatorBlock(nn.Module):
 
 
 class DiscriminatorBlock(nn.Module):
-    """Pre-activation residual block, optionally halving the resolution by average pooling."""
+    """Pre-activation residual block, optionally halving the resolution by average pooling.
 
-    def __init__(self, in_channels: int, out_channels: int, downsample: bool) -> None:
+    ``layout`` ``"miyato"``: hidden channels = ``in_channels``, identity shortcut
+    when the shapes match; ``"authors"``: hidden = ``out_channels`` and always a
+    conv1x1 shortcut (see the module docstring).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, downsample: bool, layout: str = "miyato") -> None:
         super().__init__()
+        check_choice("discriminator layout", layout, RESNET_D_LAYOUTS)
+        authors = layout == "authors"
+        hidden = out_channels if authors else in_channels
         pool = [nn.AvgPool2d(2)] if downsample else []
         self.residual = nn.Sequential(
-            nn.ReLU(), _conv3x3(in_channels, in_channels), nn.ReLU(), _conv3x3(in_channels, out_channels), *pool
+            nn.ReLU(), _conv3x3(in_channels, hidden), nn.ReLU(), _conv3x3(hidden, out_channels), *pool
         )
-        learnable = in_channels != out_channels or downsample
+        learnable = authors or in_channels != out_channels or downsample
         self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), *pool) if learnable else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -115,24 +135,31 @@ class ResNetDiscriminator(nn.Module):
         Selects the CIFAR-10 or the ImageNet width table.
     channels : int
         Input channels.
+    layout : {"miyato", "authors"}
+        Block layout (:data:`RESNET_D_LAYOUTS`): Miyato et al.'s (hidden = in
+        channels; 17 convolutions at 128 px), or the authors' TensorFlow code's
+        (hidden = out, a conv1x1 shortcut in the last block too; 18).
 
     Examples
     --------
     >>> import torch
     >>> ResNetDiscriminator(32)(torch.zeros(2, 3, 32, 32)).shape
     torch.Size([2])
+    >>> ResNetDiscriminator(32, layout="authors").blocks[-1].shortcut[0]
+    Conv2d(128, 128, kernel_size=(1, 1), stride=(1, 1))
     """
 
-    def __init__(self, image_size: int = 32, channels: int = 3) -> None:
+    def __init__(self, image_size: int = 32, channels: int = 3, layout: str = "miyato") -> None:
         super().__init__()
         self.image_size = _check_size(image_size)
         self.channels = check_int_at_least("channels", channels, 1)
+        self.layout = check_choice("discriminator layout", layout, RESNET_D_LAYOUTS)
         self.input_shape = (channels, image_size, image_size)
         (first, _), *rest = RESNET_D_BLOCKS[image_size]
         blocks: list[nn.Module] = [OptimizedDiscriminatorBlock(channels, first)]
         in_channels = first
         for out_channels, downsample in rest:
-            blocks.append(DiscriminatorBlock(in_channels, out_channels, downsample))
+            blocks.append(DiscriminatorBlock(in_channels, out_channels, downsample, layout))
             in_channels = out_channels
         self.blocks = nn.Sequential(*blocks)
         self.activation = nn.ReLU()

@@ -59,6 +59,17 @@ def check_sndcgan_image_size(image_size: int) -> int:
     return image_size
 
 
+def scaled_channels(channels: int, width: float) -> int:
+    """``channels * width`` rounded, at least 1: the channel count of a network narrowed by ``width``.
+
+    Examples
+    --------
+    >>> scaled_channels(64, 0.25), scaled_channels(3, 0.1)
+    (16, 1)
+    """
+    return max(1, int(round(channels * check_positive("width", width))))
+
+
 def _same_padding(kernel: int, stride: int) -> int:
     # TF 'SAME' pads k - s in total when the size is a multiple of the stride; split evenly.
     return (kernel - stride) // 2
@@ -75,6 +86,10 @@ class SNDCGANDiscriminator(nn.Module):
         Input channels.
     negative_slope : float
         Leaky-ReLU slope (0.1 in the reference).
+    width : float
+        Multiplies every channel count (64 -> ``round(64 width)``, ...); kernels,
+        strides, padding and depth stay the reference's. ``width=0.25`` is the
+        CPU-sized network of the default job.
 
     Examples
     --------
@@ -84,8 +99,10 @@ class SNDCGANDiscriminator(nn.Module):
     torch.Size([2])
     """
 
-    def __init__(self, image_size: int = 32, channels: int = 3, negative_slope: float = 0.1) -> None:
+    def __init__(self, image_size: int = 32, channels: int = 3, negative_slope: float = 0.1,
+                 width: float = 1.0) -> None:
         super().__init__()
+        self.width = float(check_positive("width", width))
         self.image_size = check_sndcgan_image_size(image_size)
         self.channels = check_int_at_least("channels", channels, 1)
         self.negative_slope = float(check_positive("negative_slope", negative_slope, allow_zero=True))
@@ -93,6 +110,7 @@ class SNDCGANDiscriminator(nn.Module):
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         in_channels = channels
         for index, (kernel, stride, out_channels) in enumerate(SNDCGAN_D_CONVS, start=1):
+            out_channels = scaled_channels(out_channels, width)
             layers[f"conv{index}"] = nn.Conv2d(in_channels, out_channels, kernel, stride, _same_padding(kernel, stride))
             layers[f"act{index}"] = nn.LeakyReLU(self.negative_slope)
             in_channels = out_channels
@@ -113,6 +131,8 @@ class SNDCGANGenerator(ImageGenerator):
         Output height = width, a multiple of 8; the base grid is ``image_size // 8``.
     channels, z_dim : int
         Output channels; latent size (128 in the reference).
+    width : float
+        Multiplies every hidden channel count (512 -> ``round(512 width)``, ...), as in the discriminator.
 
     Examples
     --------
@@ -121,14 +141,17 @@ class SNDCGANGenerator(ImageGenerator):
     torch.Size([2, 3, 16, 16])
     """
 
-    def __init__(self, image_size: int = 32, channels: int = 3, z_dim: int = 128) -> None:
+    def __init__(self, image_size: int = 32, channels: int = 3, z_dim: int = 128, width: float = 1.0) -> None:
         super().__init__(check_sndcgan_image_size(image_size), channels, z_dim)
+        self.width = float(check_positive("width", width))
         self.base_size = image_size // 8
-        base_features = SNDCGAN_G_BASE_CHANNELS * self.base_size**2
+        self.base_channels = scaled_channels(SNDCGAN_G_BASE_CHANNELS, width)
+        base_features = self.base_channels * self.base_size**2
         self.stem = nn.Sequential(nn.Linear(z_dim, base_features), nn.BatchNorm1d(base_features), nn.ReLU())
         layers: OrderedDict[str, nn.Module] = OrderedDict()
-        in_channels = SNDCGAN_G_BASE_CHANNELS
+        in_channels = self.base_channels
         for index, (kernel, stride, out_channels) in enumerate(SNDCGAN_G_DECONVS, start=1):
+            out_channels = scaled_channels(out_channels, width)
             layers[f"deconv{index}"] = nn.ConvTranspose2d(
                 in_channels, out_channels, kernel, stride, _same_padding(kernel, stride)
             )
@@ -141,5 +164,5 @@ class SNDCGANGenerator(ImageGenerator):
         init_(self, SNDCGAN_REFERENCE_INIT)
 
     def forward(self, z: Tensor) -> Tensor:
-        h = self.stem(z).view(-1, SNDCGAN_G_BASE_CHANNELS, self.base_size, self.base_size)
+        h = self.stem(z).view(-1, self.base_channels, self.base_size, self.base_size)
         return self.features(h)

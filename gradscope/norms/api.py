@@ -10,6 +10,7 @@ from gradscope._checks import check_choice, check_int_at_least, check_positive
 from gradscope.norms.base import SpectralParametrization
 from gradscope.norms.bidirectional import BidirectionalSpectralNorm
 from gradscope.norms.gamma import GammaScaling, new_gamma
+from gradscope.norms.schedule import POWER_SCHEDULES
 from gradscope.norms.spectral import SpectralNorm
 from gradscope.norms.strict import StrictSpectralNorm
 
@@ -56,20 +57,23 @@ def _input_sizes(layers: list[tuple[str, nn.Module]], input_sizes: Mapping[str, 
 
 
 def _parametrization(norm: str, module: nn.Module, scale: float, gamma: nn.Parameter | None,
-                     input_size: int | Sequence[int] | None, **common: float) -> SpectralParametrization:
+                     input_size: int | Sequence[int] | None, power_schedule: str,
+                     **common: float) -> SpectralParametrization:
     weight = module.weight
     transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
     if norm in ("bsn", "bssn"):
-        return BidirectionalSpectralNorm(weight, transposed=transposed, scale=scale, gamma=gamma, **common)
+        return BidirectionalSpectralNorm(weight, transposed=transposed, scale=scale, gamma=gamma,
+                                         power_schedule=power_schedule, **common)
     if norm == "strict" and isinstance(module, nn.modules.conv._ConvNd):
         return StrictSpectralNorm.from_module(module, input_size=input_size, scale=scale, gamma=gamma, **common)
     # a linear layer's operator norm is its matrix norm: strict = sn there
-    return SpectralNorm(weight, transposed=transposed, scale=scale, gamma=gamma, **common)
+    return SpectralNorm(weight, transposed=transposed, scale=scale, gamma=gamma, power_schedule=power_schedule,
+                        **common)
 
 
 def normalize(model: nn.Module, norm: str = "sn", scale: float = 1.0, *, n_power_iterations: int = 1,
               skip: Skip = (), input_sizes: Mapping[str, int | Sequence[int]] | None = None,
-              eps: float = 1e-12) -> nn.Module:
+              eps: float = 1e-12, power_schedule: str = "torch") -> nn.Module:
     """Normalize every ``Linear`` / ``Conv{1,2,3}d`` / ``ConvTranspose{1,2,3}d`` weight of ``model`` in place.
 
     Each layer's ``weight`` gets a ``torch.nn.utils.parametrize`` parametrization
@@ -95,7 +99,8 @@ def normalize(model: nn.Module, norm: str = "sn", scale: float = 1.0, *, n_power
         paper's names for ``sn`` / ``bsn`` with a scale; it applies to every normalizing mode
         (e.g. to tune ``strict``), and must be 1 for ``none``.
     n_power_iterations : int
-        Power steps per training forward (none in eval mode).
+        Power steps per training forward (none in eval mode); under ``power_schedule="authors"``,
+        unstored steps per forward and stored steps per :func:`advance_power_iteration`.
     skip : collection of str or callable
         Layer names (as in ``model.named_modules()``) to leave alone, or a predicate
         ``skip(name, module) -> bool``.
@@ -103,7 +108,14 @@ def normalize(model: nn.Module, norm: str = "sn", scale: float = 1.0, *, n_power
         ``strict`` only: spatial input size per conv layer name; layers not listed take it
         from their first forward (run one before wrapping the model in DDP).
     eps : float
-        Norm floor in the power-iteration normalizations.
+        Norm floor in the power-iteration normalizations (``"authors"``: added to the norm, as there).
+    power_schedule : {"torch", "authors"}
+        When the power iteration runs (:data:`POWER_SCHEDULES`, :mod:`gradscope.norms.schedule`):
+        ``"torch"`` warms ``u`` up and advances it inside every training forward, treating it
+        as a constant; ``"authors"`` (fjxmlzn/BSN) starts cold, takes one unstored,
+        differentiable step per forward in any mode, and moves the stored ``u`` only when
+        :func:`advance_power_iteration` is called (after each optimizer step of the model).
+        The reshape norms only: ``strict`` raises ``ValueError``.
 
     Returns
     -------
@@ -127,6 +139,10 @@ def normalize(model: nn.Module, norm: str = "sn", scale: float = 1.0, *, n_power
         raise ValueError(f"scale={scale} needs a normalizing mode; norm 'none' leaves the weights as they are")
     check_int_at_least("n_power_iterations", n_power_iterations, 1)
     check_positive("eps", eps)
+    check_choice("power_schedule", power_schedule, POWER_SCHEDULES)
+    if power_schedule == "authors" and norm == "strict":
+        raise ValueError("power_schedule 'authors' applies to the reshape norms only (sn, ssn, bsn, bssn, "
+                         "sn-same-gamma, sn-diff-gamma), not 'strict'")
     layers = _layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no layer to normalize; supported: "
@@ -142,7 +158,7 @@ def normalize(model: nn.Module, norm: str = "sn", scale: float = 1.0, *, n_power
         gamma = shared_gamma
         if norm == "sn-diff-gamma":
             gamma = new_gamma(module.weight)
-        param = _parametrization(norm, module, float(scale), gamma, sizes.get(name),
+        param = _parametrization(norm, module, float(scale), gamma, sizes.get(name), power_schedule,
                                  n_power_iterations=n_power_iterations, eps=float(eps))
         param.norm = norm
         lazy = isinstance(param, StrictSpectralNorm) and not param.materialized

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from gradscope.linalg import forward_dim, reshape_weight
-from gradscope.norms.spectral import ScaledParametrization, initial_singular_vectors, matrix_sigma
+from gradscope.norms.spectral import ScaledParametrization, initial_singular_vectors
 
 
 class BidirectionalSpectralNorm(ScaledParametrization):
@@ -31,13 +31,15 @@ class BidirectionalSpectralNorm(ScaledParametrization):
     norm = "bsn"
 
     def __init__(self, weight: Tensor, *, transposed: bool = False, n_power_iterations: int = 1,
-                 eps: float = 1e-12, scale: float = 1.0, gamma: nn.Parameter | None = None) -> None:
-        super().__init__(weight, n_power_iterations=n_power_iterations, eps=eps, scale=scale, gamma=gamma)
+                 eps: float = 1e-12, scale: float = 1.0, gamma: nn.Parameter | None = None,
+                 power_schedule: str = "torch") -> None:
+        super().__init__(weight, n_power_iterations=n_power_iterations, eps=eps, scale=scale, gamma=gamma,
+                         power_schedule=power_schedule)
         self.dim_fwd = forward_dim(transposed) if weight.ndim > 2 else 0
         self.two_sided = weight.ndim > 2
         sides = ("fwd", "bwd") if self.two_sided else ("fwd",)
         for side in sides:
-            u, v = initial_singular_vectors(reshape_weight(weight, self._dim(side)), self.eps)
+            u, v = initial_singular_vectors(reshape_weight(weight, self._dim(side)), self.eps, self._warmup())
             self.register_buffer(f"u_{side}", u)
             self.register_buffer(f"v_{side}", v)
         self.register_buffer("sigma_fwd", self.sigma.clone())
@@ -47,18 +49,23 @@ class BidirectionalSpectralNorm(ScaledParametrization):
         return self.dim_fwd if side == "fwd" else 1 - self.dim_fwd
 
     def forward(self, weight: Tensor) -> Tensor:
-        """Return the normalized weight (advancing both sides' vectors in training mode)."""
-        n = self._iterations()
-        sigma_fwd = matrix_sigma(reshape_weight(weight, self.dim_fwd), self.u_fwd, self.v_fwd, n, self.eps)
+        """Return the normalized weight (torch schedule: advancing both sides' vectors in training mode)."""
+        sigma_fwd = self._sigma(reshape_weight(weight, self.dim_fwd), self.u_fwd, self.v_fwd)
         if self.two_sided:
-            sigma_bwd = matrix_sigma(reshape_weight(weight, 1 - self.dim_fwd), self.u_bwd, self.v_bwd, n,
-                                     self.eps)
+            sigma_bwd = self._sigma(reshape_weight(weight, 1 - self.dim_fwd), self.u_bwd, self.v_bwd)
             sigma = (sigma_fwd + sigma_bwd) / 2
         else:
             sigma_bwd = sigma = sigma_fwd
         self.sigma_fwd.copy_(sigma_fwd.detach())
         self.sigma_bwd.copy_(sigma_bwd.detach())
         return self._rescale(weight, sigma)
+
+    def advance_(self, weight: Tensor) -> None:
+        """Authors' schedule: move each side's stored vectors one update on ``weight`` (the raw weight)."""
+        weight = weight.detach()
+        for side in ("fwd", "bwd") if self.two_sided else ("fwd",):
+            self._advance(reshape_weight(weight, self._dim(side)), getattr(self, f"u_{side}"),
+                          getattr(self, f"v_{side}"))
 
     def sigma_estimates(self) -> dict[str, Tensor]:
         """``{"sigma", "sigma_fwd", "sigma_bwd"}``; ``sigma`` is their mean, the divisor."""

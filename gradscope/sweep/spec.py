@@ -15,6 +15,14 @@ A spec is a TOML file::
     scale = [0.8, 1.0, 1.2]
     seed = [0, 1, 2]
 
+An axis whose values are all tables is a list of *arms*: each table sets several
+flags at once, for conditions that are not a product of flags (its own key is
+only a label)::
+
+    [grid]
+    arm = [{norm = "none", init = "lecun"}, {norm = "sn"}, {norm = "bssn", scale = 1.4}]
+    seed = [0, 1, 2]
+
 Keys are checked against the real ``gradscope run`` parser, and every grid point
 is parsed by it, so a bad key or value fails before anything starts.
 """
@@ -186,16 +194,28 @@ def parse_spec(data: dict[str, Any], *, source: str = "spec") -> SweepSpec:
         if section in data and not isinstance(data[section], dict):
             raise ValueError(f"{source}: [{section}] must be a table of flag = value")
     base.update({_flag(k): v for k, v in data.get("base", {}).items()})
+    arms: set[str] = set()
     for key, values in data.get("grid", {}).items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"{source}: grid key {key!r} must be a non-empty list of values")
+        tables = [isinstance(v, dict) for v in values]
+        if any(tables):
+            if not all(tables) or not all(values):
+                raise ValueError(f"{source}: grid key {key!r} mixes tables and plain values (or has an empty "
+                                 "table); an axis of arms holds only non-empty tables of flag = value")
+            values = [{_flag(k): v for k, v in table.items()} for table in values]
+            arms.add(_flag(key))
+            for table in values:
+                for flag in table:
+                    base.pop(flag, None)
         grid[_flag(key)] = list(values)
         base.pop(_flag(key), None)
     max_retries = check_int_at_least(f"{source}: max_retries", data.get("max_retries", 1), 0)
 
     run_parser = _run_parser()
     known = _known_flags(run_parser)
-    for key in list(base) + list(grid):
+    flags = [k for k in grid if k not in arms] + [k for a in arms for table in grid[a] for k in table]
+    for key in list(base) + flags:
         if key in RESERVED:
             raise ValueError(f"{source}: key {key!r} is set by the sweep itself; remove it")
         if key not in known:
@@ -205,7 +225,9 @@ def parse_spec(data: dict[str, Any], *, source: str = "spec") -> SweepSpec:
     points = []
     seen: set[str] = set()
     for combo in itertools.product(*(grid[a] for a in axes)):
-        params = dict(zip(axes, combo))
+        params: dict[str, Any] = {}
+        for axis, value in zip(axes, combo):
+            params.update(value if axis in arms else {axis: value})
         point = RunPoint(_run_id(params), params, {**base, **params})
         if point.run_id in seen:
             raise ValueError(f"{source}: the grid repeats the point {point.run_id!r}")

@@ -36,9 +36,9 @@ logger = logging.getLogger("gradscope.sweep")
 
 FID_COLLAPSE_FACTOR = 1.5
 MODES_COLLAPSE_FRACTION = 0.5
-#: Scalar names of the sample-quality metrics, preferred first (Inception over the digits extractor).
-FID_NAMES = ("inception_fid", "digits_fid")
-IS_NAMES = ("inception_is_mean", "digits_is_mean")
+#: Scalar names of the sample-quality metrics, preferred first (Inception over the digit classifiers).
+FID_NAMES = ("inception_fid", "mnist_fid", "digits_fid")
+IS_NAMES = ("inception_is_mean", "mnist_is_mean", "digits_is_mean")
 MODES_NAME = "modes_covered"
 #: config.json keys that may differ between the runs of one sweep: where and how each executes.
 PER_RUN_KEYS = frozenset(RUNTIME_FIELDS) | {"cpu_threads"}

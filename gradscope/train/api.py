@@ -178,7 +178,7 @@ def _execute(config: RunConfig, *, resuming: bool, overwrite: bool) -> RunResult
     check_accelerator_options(config, device)
     context = init_distributed(device.type)
     try:
-        small = is_small_problem(config.dataset, config.image_size)
+        small = is_small_problem(config.dataset, config.image_size, config.width)
         recorded = (stored_config(config.out) or {}).get("cpu_threads") if resuming else None
         threads = configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), small=small, recorded=recorded)
         run_dir = _agreed_run_dir(config, context)

@@ -13,7 +13,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from gradscope.train.config import AMP_MODES, DEVICES, FIELD_NAMES, LOSSES, RunConfig, resolve_config
+from gradscope.train.config import AMP_MODES, DEVICES, FIELD_NAMES, LOSSES, OPTIMIZERS, RunConfig, resolve_config
 
 def _choices() -> dict[str, tuple[str, ...]]:
     """Flags whose value is one of a fixed list: listed in --help, checked by RunConfig (one-line errors)."""
@@ -24,7 +24,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from gradscope.train.presets import PRESETS
 
     return {"norm": NORMS, "init": INIT_SCHEMES, "dataset": DATASETS, "arch": ARCHS, "loss": LOSSES,
-            "device": DEVICES, "amp": AMP_MODES, "preset": tuple(PRESETS)}
+            "device": DEVICES, "amp": AMP_MODES, "optimizer": OPTIMIZERS, "preset": tuple(PRESETS)}
 
 
 def _lenient(kind: type) -> Any:

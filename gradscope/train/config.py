@@ -25,14 +25,23 @@ else:  # pragma: no cover
 LOSSES: tuple[str, ...] = ("hinge", "ns", "wgan-gp")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 AMP_MODES: tuple[str, ...] = ("none", "bf16")
+#: ``adam`` is the reference's; ``sgd`` (plain, no momentum) shows gradients that Adam's per-weight
+#: rescaling hides (E1).
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 POINT_DATASETS: tuple[str, ...] = ("ring8", "grid25")
-#: Values of ``image_size``, ``batch_size`` and ``ema`` when they are not given, per dataset. The default
-#: job (digits) trains at the digits' native 8 pixels (no interpolation), batch 32, with a moving average
-#: of G: measured on 2 shared CPU cores, 16 pixels cost 4x per iteration and had not left mode collapse
-#: after 300 iterations, while 8 pixels give digit-like samples and a falling digits-FID in 800.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {"digits": {"image_size": 8, "batch_size": 32, "ema": 0.99}}
-#: The same for every other dataset (the reference's batch 64, no moving average, the dataset's own size).
+#: Values of ``image_size``, ``batch_size``, ``ema`` and ``width`` when they are not given, per dataset.
+#: The default job (mnist) keeps the reference SNDCGAN geometry (32x32 inputs: every conv of D sees at
+#: least its kernel's extent, so sigma_op >= sigma_fwd as C6 assumes) at a quarter of its channels, with a
+#: moving average of G, so that it fits a few minutes on 2 CPU cores (measured: README, "Quick start").
+#: digits keeps its native 8 pixels, where D's deepest convs see 2x2 and 1x1 maps (kept for fast tests).
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mnist": {"image_size": 32, "batch_size": 64, "ema": 0.99, "width": 0.25},
+    "digits": {"image_size": 8, "batch_size": 32, "ema": 0.99},
+}
+#: The same for every other dataset (the reference's batch 64, no moving average, the dataset's own size);
+#: ``width`` defaults to the reference's 1 (and is 1 whatever the dataset for archs other than sndcgan).
 GENERIC_DEFAULTS: dict[str, Any] = {"image_size": None, "batch_size": 64, "ema": 0.0}
+REFERENCE_WIDTH = 1.0
 
 #: Fields that say where and how a run executes, not what it computes: they may
 #: differ between an interrupted run and its continuation.
@@ -71,24 +80,39 @@ class RunConfig:
     init: str | None = _opt(None, "re-initialize D's weights with this scheme; default: the arch's reference "
                                   "initialization (dcgan for sndcgan, xavier for resnet and mlp)")
     scale: float = _opt(1.0, "constant c multiplying every normalized D weight (ssn, bssn, strict, sn)")
-    dataset: str = _opt("digits", "training data; digits, ring8 and grid25 are built in, the others are read "
-                                  "from --data-dir")
+    power_schedule: str = _opt("torch", "power iteration of D's normalizations: torch (15 warm-up steps, u "
+                                        "advanced inside each training forward) or authors (fjxmlzn/BSN: cold "
+                                        "u, one unstored step per forward that gradients flow through, u "
+                                        "advanced after each D optimizer step); authors: reshape norms only",
+                               metavar="{torch,authors}")
+    dataset: str = _opt("mnist", "training data; mnist, digits, ring8 and grid25 are built in, the others are "
+                                 "read from --data-dir")
     arch: str | None = _opt(None, "network pair: sndcgan or resnet for images, mlp for ring8 and grid25; "
                                   "default: sndcgan, or mlp for a 2D dataset")
+    d_layout: str | None = _opt(None, "block layout of the resnet discriminator: miyato (hidden channels = "
+                                      "input channels; 17 convs at 128 px) or authors (fjxmlzn/BSN: hidden = "
+                                      "output channels, a 1x1 shortcut in the last block too; 18 convs); "
+                                      "default: authors for --preset on imagenet, else miyato",
+                                metavar="{miyato,authors}")
     loss: str = _opt("hinge", "GAN loss: hinge, ns (non-saturating) or wgan-gp (gradient penalty, lambda 10)")
     iterations: int = _opt(800, "number of generator updates (each preceded by --n-dis D updates)")
     batch_size: int | None = _opt(None, "samples per batch, summed over all processes under torchrun; "
                                         "default 64 (32 for digits)")
+    width: float | None = _opt(None, "channel multiplier of the sndcgan pair (kernels, strides and depth stay "
+                                     "the reference's); default 0.25 for mnist, else 1")
     n_dis: int = _opt(1, "discriminator updates per generator update")
-    lr_d: float = _opt(2e-4, "Adam learning rate of the discriminator")
-    lr_g: float = _opt(2e-4, "Adam learning rate of the generator")
+    optimizer: str = _opt("adam", "optimizer of both networks: adam, or sgd (plain, no momentum; --betas unused)")
+    lr_d: float = _opt(2e-4, "learning rate of the discriminator")
+    lr_g: float = _opt(2e-4, "learning rate of the generator")
     betas: tuple[float, float] = _opt((0.5, 0.999), "Adam betas of both networks, as B1,B2")
     seed: int = _opt(0, "seed of the weights, the data order and the latents")
     z_dim: int | None = _opt(None, "latent size; default 128 for images, 16 for mlp")
     image_size: int | None = _opt(None, "image side; default 8 for digits (their native size), else the "
-                                        "dataset's own (32 cifar10, 48 stl10, 64 celeba, 128 imagenet)")
+                                        "dataset's own (32 mnist and cifar10, 48 stl10, 64 celeba, "
+                                        "128 imagenet)")
     ema: float | None = _opt(None, "decay of an exponential moving average of G's weights used for samples "
-                                   "and metrics (e.g. 0.999; 0 turns it off); default 0 (0.99 for digits)")
+                                   "and metrics (e.g. 0.999; 0 turns it off); default 0 (0.99 for mnist "
+                                   "and digits)")
     eval_every: int = _opt(200, "evaluate sample quality every N iterations, at the start and at the end "
                                 "(0: never)")
     eval_samples: int = _opt(1000, "generated samples per evaluation")
@@ -126,8 +150,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         from gradscope.data import DATASETS
         from gradscope.init import INIT_SCHEMES
-        from gradscope.models import ARCHS
-        from gradscope.norms import NORMS
+        from gradscope.models import ARCHS, RESNET_D_LAYOUTS
+        from gradscope.norms import NORMS, POWER_SCHEDULES
         from gradscope.train.presets import PRESETS
 
         set_ = object.__setattr__
@@ -142,11 +166,28 @@ class RunConfig:
         if self.arch is None:
             set_(self, "arch", "mlp" if points else "sndcgan")
         check_choice("arch", self.arch, ARCHS)
+        if self.width is None:
+            dataset_width = DATASET_DEFAULTS.get(self.dataset, {}).get("width", REFERENCE_WIDTH)
+            set_(self, "width", dataset_width if self.arch == "sndcgan" else REFERENCE_WIDTH)
+        set_(self, "width", float(check_positive("width", self.width)))
+        if self.width != REFERENCE_WIDTH and self.arch != "sndcgan":
+            raise ValueError(f"--width {self.width:g} applies to --arch sndcgan only; {self.arch} keeps width 1")
         check_choice("loss", self.loss, LOSSES)
         check_choice("device", self.device, DEVICES)
         check_choice("amp", self.amp, AMP_MODES)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
         if self.preset is not None:
             check_choice("preset", self.preset, tuple(PRESETS))
+        check_choice("power_schedule", self.power_schedule, POWER_SCHEDULES)
+        if self.power_schedule == "authors" and self.norm == "strict":
+            raise ValueError("--power-schedule authors applies to the reshape norms only (sn, ssn, bsn, bssn, "
+                             "sn-same-gamma, sn-diff-gamma), not --norm strict")
+        if self.d_layout is None:  # the authors' ImageNet ResNet when a preset (their settings) runs on imagenet
+            by_preset = self.preset is not None and self.dataset == "imagenet" and self.arch == "resnet"
+            set_(self, "d_layout", "authors" if by_preset else "miyato")
+        check_choice("d_layout", self.d_layout, RESNET_D_LAYOUTS)
+        if self.d_layout != "miyato" and self.arch != "resnet":
+            raise ValueError(f"--d-layout {self.d_layout} applies to --arch resnet only; {self.arch} has one layout")
         set_(self, "scale", float(check_positive("scale", self.scale)))
         set_(self, "lr_d", float(check_positive("lr_d", self.lr_d)))
         set_(self, "lr_g", float(check_positive("lr_g", self.lr_g)))

@@ -103,11 +103,15 @@ def available_cpus() -> int:
 
 #: Largest image side still trained on one CPU thread (see :func:`configure_threads`).
 SMALL_IMAGE_SIZE = 16
+#: Largest channel multiplier (``--width``) still trained on one CPU thread: the experiments' SNDCGAN (E1-E4).
+SMALL_WIDTH = 0.125
 
 
-def is_small_problem(dataset: str, image_size: int | None) -> bool:
-    """A 2D point set, or images of at most :data:`SMALL_IMAGE_SIZE` pixels (``None``: the dataset's own, 32+)."""
-    return dataset in POINT_DATASETS or (image_size is not None and image_size <= SMALL_IMAGE_SIZE)
+def is_small_problem(dataset: str, image_size: int | None, width: float = 1.0) -> bool:
+    """A 2D point set, images of at most :data:`SMALL_IMAGE_SIZE` pixels (``None``: the dataset's own, 32+),
+    or networks narrowed to at most :data:`SMALL_WIDTH` of the reference channels."""
+    return (dataset in POINT_DATASETS or (image_size is not None and image_size <= SMALL_IMAGE_SIZE)
+            or width <= SMALL_WIDTH)
 
 
 def configure_threads(local_world_size: int = 1, *, small: bool = False, recorded: int | None = None) -> int:
@@ -117,7 +121,7 @@ def configure_threads(local_world_size: int = 1, *, small: bool = False, recorde
     to the last bit: the rule depends on the run, never on timing. In order:
 
     - ``recorded``: the count a run being resumed used (it continues bit for bit);
-    - ``small`` problems (the 2D sets, images of at most 16 pixels) use one
+    - ``small`` problems (the 2D sets, images of at most 16 pixels, networks of width <= 0.125) use one
       thread, whatever ``OMP_NUM_THREADS`` says: the same config then gives the
       same numbers in any process on any core count (a sweep's worker, whose
       environment sets ``OMP_NUM_THREADS`` to its share of the cores, included),

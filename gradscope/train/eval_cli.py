@@ -20,8 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="step of the checkpoint to evaluate (default: the newest)")
     parser.add_argument("--samples", metavar="N", type=int, default=None,
                         help="generated samples (default: the run's --eval-samples)")
-    parser.add_argument("--extractor", default="auto", metavar="{auto,digits,inception}",
-                        help="feature extractor: digits classifier for digits, Inception (optional library) "
+    parser.add_argument("--extractor", default="auto", metavar="{auto,digits,mnist,inception}",
+                        help="feature extractor: the digit classifier of digits and mnist, Inception (optional library) "
                              "elsewhere, with a fallback to the digits one")
     parser.add_argument("--inception-weights", default=None, metavar="PATH",
                         help=INCEPTION_WEIGHTS_HELP + "; default: the run's --inception-weights when that file "

@@ -10,7 +10,10 @@ interpolates under WGAN-GP): one forward pass, hence exactly one
 power-iteration step per D update, as in the reference, and under DDP one
 buffer broadcast per backward pass. The generator update differentiates
 through D in eval mode with D's weights frozen, so it neither advances D's
-power iteration nor leaves gradients on D.
+power iteration nor leaves gradients on D. Under ``--power-schedule authors``
+every D forward (G update included) takes its own unstored power step, and the
+stored vectors move once per D update, right after the D optimizer step
+(:func:`gradscope.norms.advance_power_iteration`), as in the authors' code.
 """
 from __future__ import annotations
 
@@ -24,12 +27,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradscope.norms import advance_power_iteration
 from gradscope.train.checkpoint import save_checkpoint
 from gradscope.train.config import RunConfig
 from gradscope.train.distributed import DistContext, wrap
 from gradscope.train.evaluation import Evaluator
 from gradscope.train.losses import GP_WEIGHT, discriminator_loss, generator_loss, gradient_penalty, interpolate
-from gradscope.train.networks import EMA, adam, build_networks, frozen
+from gradscope.train.networks import EMA, build_networks, frozen, make_optimizer
 from gradscope.train.progress import Progress, format_metrics
 from gradscope.train.rng import capture_rng_state, restore_rng_state
 from gradscope.train.scalars import ScalarLog
@@ -88,8 +92,8 @@ class Trainer:
         self.D_train, self.G_train = wrap(self.D, context, device), wrap(self.G, context, device)
         if config.compile:
             self.D_train, self.G_train = torch.compile(self.D_train), torch.compile(self.G_train)
-        self.opt_D = adam(self.D, config.lr_d, config.betas)
-        self.opt_G = adam(self.G, config.lr_g, config.betas)
+        self.opt_D = make_optimizer(self.D, config.optimizer, config.lr_d, config.betas)
+        self.opt_G = make_optimizer(self.G, config.optimizer, config.lr_g, config.betas)
         self.ema = EMA(self.G, config.ema) if config.ema else None
         self.latents = torch.Generator().manual_seed(config.seed + LATENT_SEED_OFFSET)
         self.stream = BatchStream(dataset, config.batch_size, config.seed, rank=context.rank,
@@ -152,6 +156,8 @@ class Trainer:
         self.opt_D.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_D.step()
+        if self.config.power_schedule == "authors":  # u moves once per D update, on the updated weights
+            advance_power_iteration(self.D)
         if rec is not None:
             rec.step(step, "d")
         self.opt_D.zero_grad(set_to_none=True)

@@ -15,8 +15,10 @@ def build_networks(config: RunConfig, dataset) -> tuple[nn.Module, nn.Module]:
     """``(D, G)`` for ``config`` and ``dataset``, on the CPU, from the global RNG (seed it first).
 
     D is re-initialized with ``config.init`` (when given) and then normalized
-    with ``config.norm`` / ``config.scale``, one power-iteration step per
-    training-mode forward pass; G keeps its architecture's reference
+    with ``config.norm`` / ``config.scale`` under ``config.power_schedule``
+    (``torch``: one power-iteration step per training-mode forward pass;
+    ``authors``: the trainer advances the vectors after each D optimizer step);
+    a ResNet D takes ``config.d_layout``. G keeps its architecture's reference
     initialization and batch norm.
     """
     from gradscope.init import init_
@@ -26,10 +28,12 @@ def build_networks(config: RunConfig, dataset) -> tuple[nn.Module, nn.Module]:
     if dataset.kind == "points":
         D, G = build_pair(config.arch, z_dim=config.z_dim, data_dim=int(dataset.sample_shape[0]))
     else:
-        D, G = build_pair(config.arch, dataset.image_size, dataset.channels, z_dim=config.z_dim)
+        D, G = build_pair(config.arch, dataset.image_size, dataset.channels, z_dim=config.z_dim,
+                          width=config.width, d_layout=config.d_layout)
     if config.init is not None:
         init_(D, config.init)
-    D = normalize(D, norm=config.norm, scale=config.scale, n_power_iterations=1)
+    D = normalize(D, norm=config.norm, scale=config.scale, n_power_iterations=1,
+                  power_schedule=config.power_schedule)
     # One forward in eval mode (no power-iteration step) fixes what a normalization learns from its first
     # input (strict SN's operator size) on every rank before DDP wraps the model.
     D.eval()
@@ -39,9 +43,12 @@ def build_networks(config: RunConfig, dataset) -> tuple[nn.Module, nn.Module]:
     return D, G
 
 
-def adam(module: nn.Module, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
-    """Adam over the trainable parameters of ``module`` (a shared gamma appears once)."""
-    return torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr, betas=betas)
+def make_optimizer(module: nn.Module, name: str, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
+    """``name`` (``"adam"`` or plain ``"sgd"``) over the trainable parameters of ``module`` (a shared gamma once)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr, betas=betas)
 
 
 @contextmanager
@@ -50,6 +57,8 @@ def frozen(module: nn.Module) -> Iterator[None]:
 
     The generator's update differentiates through D without changing it, so D's
     normalizations keep the sigma of the last D update and D's ``.grad`` stays empty.
+    (Under ``power_schedule="authors"`` the forward still takes its own unstored
+    power step, as in the authors' G step; the stored vectors do not move.)
     """
     was_training = module.training
     flags = [(p, p.requires_grad) for p in module.parameters()]
