@@ -81,7 +81,8 @@ def sweeps(scale: str, seed: int = 0, dataset: str | None = None) -> dict[str, d
 
 
 #: Scalars kept per run (downsampled): quality and D's loss.
-SCALARS: tuple[str, ...] = ("mnist_fid", "mnist_is_mean", "inception_fid", "inception_is_mean", "loss_d")
+SCALARS: tuple[str, ...] = ("mnist_fid", "mnist_is_mean", "inception_fid", "inception_is_mean", "digits_fid",
+                            "digits_is_mean", "loss_d")
 RESULT_TABLES: tuple[str, ...] = ("e2_runs", "e2_quality", "e2_floor")
 SAMPLES = "samples"
 

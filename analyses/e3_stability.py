@@ -115,7 +115,7 @@ def collect(scale: str, out: Path, seed: int = 0, *, execute: bool = True,
         table["classes_covered"] = [final_coverage(directory, r.run) if r.status == "done" else np.nan
                                     for r in table.itertuples()]
         runs.append(table)
-        quality.append(scalar_curves(table, directory, ("mnist_fid", "inception_fid", "loss_d")))
+        quality.append(scalar_curves(table, directory, ("mnist_fid", "inception_fid", "digits_fid", "loss_d")))
     return {"e3_runs": pd.concat(runs, ignore_index=True), "e3_quality": pd.concat(quality, ignore_index=True)}
 
 

@@ -65,7 +65,7 @@ def sweeps(scale: str, seed: int = 0, dataset: str | None = None) -> dict[str, d
                                               "seed": list(range(seed, seed + p["seeds"]))}}}
 
 
-SCALARS: tuple[str, ...] = ("mnist_fid", "inception_fid", "loss_d", "slope_real_mean")
+SCALARS: tuple[str, ...] = ("mnist_fid", "inception_fid", "digits_fid", "loss_d", "slope_real_mean")
 RESULT_TABLES: tuple[str, ...] = ("e4_runs", "e4_gammas", "e4_quality")
 TAIL = 0.2
 
@@ -155,7 +155,7 @@ def plot_gammas(runs: pd.DataFrame, gammas: pd.DataFrame, quality: pd.DataFrame)
         axes[0, 1].plot(rows["step"], rows["value"], color=style.color(i % 8), linewidth=1,
                         label=str(rows["layer"].iloc[0]))
     style.label_axes(axes[0, 1], "D update", "gamma", "per-layer gammas (one seed)")
-    style.legend(axes[0, 1], fontsize=6, ncol=2)
+    style.legend(axes[0, 1], ncol=2)
     q = quality.merge(runs[["run", "norm"]], on="run")
     plot_bands(axes[0, 2], q[q["name"] == "slope_real_mean"], "step", "value", "norm", log=True,
                order=list(METHODS))

@@ -129,7 +129,8 @@ def plot_bands(ax, table: pd.DataFrame, x: str, y: str, group: str, *, log: bool
     groups = list(order) if order is not None else list(dict.fromkeys(table[group]))
     drawn = False
     for i, name in enumerate(groups):
-        rows = table[(table[group] == name) & (~log | (table[y] > 0))]
+        rows = table[table[group] == name]
+        rows = rows[(rows[y] > 0) if log else rows[y].notna()]
         if not len(rows):
             continue
         drawn = True

@@ -249,6 +249,7 @@ def test_e2_paper_pipeline_runs_end_to_end_on_fake_cifar_archives(tmp_path, monk
     from analyses.runner import run_selected
     from data_helpers import make_cifar_archive
 
+    (tmp_path / "data").mkdir()
     make_cifar_archive(tmp_path / "data", per_batch=4)
     monkeypatch.setenv("GRADSCOPE_DATA", str(tmp_path / "data"))
     outcome = run_selected(["e2"], "tiny", tmp_path / "out", progress=None, dataset="cifar10")
