@@ -7,8 +7,8 @@ seeds. Here, on the CPU setting (:data:`analyses.sweeps.CPU_SETTING`): SN
 and BSSN (c = 1.4) for every ``lr_d, lr_g in {1e-4, 2e-4, 5e-4}`` (setting B,
 widened upwards where instability is expected; at ``small`` scale the CPU budget
 allowed the corners ``{1e-4, 5e-4}`` only) with Adam betas (0.5, 0.999),
-n_dis 1, 500 iterations, 2 seeds; and setting C (lr 1e-4, betas (0.5, 0.9),
-n_dis 5), 300 generator updates, 3 seeds. (Fewer iterations and seeds than
+n_dis 1, 400 iterations, 2 seeds; and setting C (lr 1e-4, betas (0.5, 0.9),
+n_dis 5), 300 generator updates, 2 seeds. (Fewer iterations and seeds than
 E1/E2: the CPU budget; stated on the figure.)
 
 Collapse rule (documented, tested on a planted collapse)
@@ -49,7 +49,7 @@ LEARNING_RATES = [1e-4, 2e-4, 5e-4]
 PARAMS = {
     "tiny": {"iterations": 8, "rates": [5e-4], "seeds": 2, "ndis_iterations": 4, "ndis_seeds": 1,
              "eval_samples": 200},
-    "small": {"iterations": 500, "rates": [1e-4, 5e-4], "seeds": 2, "ndis_iterations": 300, "ndis_seeds": 3,
+    "small": {"iterations": 400, "rates": [1e-4, 5e-4], "seeds": 2, "ndis_iterations": 300, "ndis_seeds": 2,
               "eval_samples": 1000},
     "paper": {"iterations": 400_000, "rates": [1e-4, 2e-4], "seeds": 5, "ndis_iterations": 400_000,
               "ndis_seeds": 5, "eval_samples": 10_000},
@@ -89,10 +89,15 @@ RESULT_TABLES: tuple[str, ...] = ("e3_runs", "e3_quality")
 SN_ARM, BSSN_ARM = "sn", "bssn c=1.4"
 
 
-def run(scale: str, out: Path, seed: int = 0, dataset: str | None = None) -> AnalysisResult:
-    """Run (or resume) E3's sweeps at ``scale`` into ``out``, then judge and draw them."""
+def run(scale: str, out: Path, seed: int = 0, dataset: str | None = None, *,
+        train: bool = True) -> AnalysisResult:
+    """Run (or resume) E3's sweeps at ``scale`` into ``out``, then judge and draw them.
+
+    ``dataset`` replaces the scale's dataset; ``train=False`` judges what the sweeps hold so far and
+    starts no run.
+    """
     _, result = start_result(CLAIM, TITLE, scale, out, PARAMS)
-    tables = collect(scale, result.out, seed, dataset=dataset)
+    tables = collect(scale, result.out, seed, dataset=dataset, execute=train)
     write_results(tables, result.out / "results")
     return conclude(result, tables)
 
@@ -195,8 +200,8 @@ def plot_stability(runs: pd.DataFrame):
     grid = runs[runs["sweep"] == "lr"]
     arms = [a for a in (SN_ARM, BSSN_ARM) if a in set(runs["arm"])]
     fig, axes = style.new_figure(1, len(arms) + 1, panel_size=(3.4, 3.0),
-                                 title="E3: stability over learning rates and with n_dis 5 (small scale: 500 and 300 "
-                                       "generator updates, 2 and 3 seeds per cell)")
+                                 title="E3: stability over learning rates and with n_dis 5 (small scale: 400 and 300 "
+                                       "generator updates, 2 seeds per cell)")
     fids = grid["final_fid"].to_numpy(dtype=float)
     vmin, vmax = (np.nanmin(fids), np.nanmax(fids)) if np.isfinite(fids).any() else (0, 1)
     image = None

@@ -14,8 +14,8 @@ them (the SNDCGAN's layers all have biases).
 What runs
 ---------
 The CPU setting (:data:`analyses.sweeps.CPU_SETTING`) with the WGAN-GP loss,
-Adam (lr 2e-4, betas (0.5, 0.999)), n_dis 1, 600 iterations (the CPU budget),
-5 seeds per method; the recorder logs every layer's gamma.
+Adam (lr 2e-4, betas (0.5, 0.999)), n_dis 1, 600 iterations and 3 seeds per
+method at ``small`` scale (the CPU budget); the recorder logs every layer's gamma.
 
 What is judged (paired by seed)
 -------------------------------
@@ -44,7 +44,7 @@ METHODS: tuple[str, ...] = ("sn-same-gamma", "sn-diff-gamma")
 
 PARAMS = {
     "tiny": {"iterations": 8, "seeds": 2, "eval_samples": 200},
-    "small": {"iterations": 600, "seeds": 5, "eval_samples": 2000},
+    "small": {"iterations": 600, "seeds": 3, "eval_samples": 2000},
     "paper": {"iterations": 400_000, "seeds": 5, "eval_samples": 10_000},
 }
 
@@ -70,10 +70,15 @@ RESULT_TABLES: tuple[str, ...] = ("e4_runs", "e4_gammas", "e4_quality")
 TAIL = 0.2
 
 
-def run(scale: str, out: Path, seed: int = 0, dataset: str | None = None) -> AnalysisResult:
-    """Run (or resume) E4's sweep at ``scale`` into ``out``, then judge and draw it."""
+def run(scale: str, out: Path, seed: int = 0, dataset: str | None = None, *,
+        train: bool = True) -> AnalysisResult:
+    """Run (or resume) E4's sweep at ``scale`` into ``out``, then judge and draw it.
+
+    ``dataset`` replaces the scale's dataset; ``train=False`` judges what the sweeps hold so far and
+    starts no run.
+    """
     _, result = start_result(CLAIM, TITLE, scale, out, PARAMS)
-    tables = collect(scale, result.out, seed, dataset=dataset)
+    tables = collect(scale, result.out, seed, dataset=dataset, execute=train)
     write_results(tables, result.out / "results")
     return conclude(result, tables)
 

@@ -74,7 +74,8 @@ def available() -> dict[str, str | None]:
 
 
 def run_analysis(name: str, scale: str, out: str | Path, seed: int = 0,
-                 from_results: str | Path | None = None, dataset: str | None = None) -> AnalysisResult:
+                 from_results: str | Path | None = None, dataset: str | None = None,
+                 train: bool = True) -> AnalysisResult:
     """Run one analysis into ``out`` and save its checks and summary there.
 
     Parameters
@@ -92,6 +93,8 @@ def run_analysis(name: str, scale: str, out: str | Path, seed: int = 0,
         redraw and re-judge from them instead of running anything (training experiments only).
     dataset : str, optional
         Train the experiment's runs on this dataset instead of its scale's (training experiments only).
+    train : bool
+        ``False``: judge what the experiment's sweeps hold so far, starting no run (training experiments only).
     """
     check_scale(scale)
     module = load(name)
@@ -102,10 +105,10 @@ def run_analysis(name: str, scale: str, out: str | Path, seed: int = 0,
         if not hasattr(module, "from_results"):
             raise ValueError(f"{normalize_name(name)} has no committed results to redraw; run it instead")
         result = module.from_results(scale, Path(from_results), out)
-    elif dataset is not None:
+    elif dataset is not None or not train:
         if not hasattr(module, "sweeps"):
-            raise ValueError(f"{normalize_name(name)} trains no runs of a dataset; --dataset applies to e1..e4")
-        result = module.run(scale, out, seed=seed, dataset=dataset)
+            raise ValueError(f"{normalize_name(name)} runs no sweeps; --dataset and --no-train apply to e1..e4")
+        result = module.run(scale, out, seed=seed, dataset=dataset, train=train)
     else:
         result = module.run(scale, out, seed=seed)
     if not isinstance(result, AnalysisResult):

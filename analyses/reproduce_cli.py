@@ -33,6 +33,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=None,
                         help="train e1..e4 on this dataset instead of their scale's (mnist at tiny/small, "
                              "cifar10 at paper)")
+    parser.add_argument("--no-train", action="store_true",
+                        help="judge and draw what the sweeps of e1..e4 under --out hold so far; start no run")
     parser.add_argument("--dry-run", action="store_true",
                         help="list the training runs of e1..e4 and their estimated time; run nothing")
 
@@ -54,7 +56,8 @@ def execute(args: argparse.Namespace) -> int:
         return _dry_run(names, scale, args.out, args.seed, dataset)
     if from_results is not None and not Path(from_results).is_dir():
         raise ValueError(f"--from-results {from_results}: no such folder")
-    outcome = run_selected(names, scale, args.out, seed=args.seed, from_results=from_results, dataset=dataset)
+    outcome = run_selected(names, scale, args.out, seed=args.seed, from_results=from_results, dataset=dataset,
+                           train=not getattr(args, "no_train", False))
     print(outcome.report())
     for name, result in outcome.results.items():
         print(f"{name}: {result.out}  ({len(result.tables)} tables, {len(result.figures)} figure files)")

@@ -50,7 +50,7 @@ class Outcome:
 
 def run_selected(names: list[str], scale: str, out: Path, seed: int = 0,
                  progress: TextIO | None = sys.stderr, from_results: Path | None = None,
-                 dataset: str | None = None) -> Outcome:
+                 dataset: str | None = None, train: bool = True) -> Outcome:
     """Run ``names`` at ``scale``, each into ``out/<name>``; never raises for a failing analysis.
 
     With ``from_results``, each analysis redraws from ``from_results/<name>`` instead of running.
@@ -63,7 +63,7 @@ def run_selected(names: list[str], scale: str, out: Path, seed: int = 0,
         try:
             source = None if from_results is None else Path(from_results) / name
             outcome.results[name] = registry.run_analysis(name, scale, Path(out) / name, seed=seed,
-                                                          from_results=source, dataset=dataset)
+                                                          from_results=source, dataset=dataset, train=train)
         except registry.AnalysisUnavailable as exc:
             outcome.errors[name] = str(exc)
         except Exception as exc:  # report, keep going: one broken analysis must not hide the rest

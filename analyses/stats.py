@@ -64,7 +64,7 @@ class Effect:
     seeds_needed: int | None
 
     def verdict(self, direction: str) -> str:
-        """``holds`` / ``violated`` / ``inconclusive`` for the claim that the effect is ``"positive"`` or ``"negative"``.
+        """``holds`` / ``violated`` / ``inconclusive`` for the claim that the effect is positive / negative.
 
         Examples
         --------
@@ -127,7 +127,9 @@ def t_interval(values, level: float = LEVEL) -> tuple[float, float, float]:
 
 def seeds_needed(spread: float, effect: float, *, paired: bool = True, level: float = LEVEL,
                  power: float = POWER) -> int | None:
-    """Smallest n with ``(t_{1-a/2,n-1} + t_{power,n-1}) * spread * sqrt(k / n) <= effect`` (k = 1 paired, 2 independent).
+    """Smallest n with ``(t_{1-a/2,n-1} + t_{power,n-1}) * spread * sqrt(k / n) <= effect``.
+
+    ``k`` is 1 for paired arms, 2 for independent ones.
 
     ``None`` when ``spread`` is 0 or not finite (then any n resolves an exact effect, or nothing can be said).
 

@@ -117,7 +117,8 @@ def test_planted_collapse_covers_one_class_and_real_digits_cover_all():
     dataset = load_dataset("mnist")
     extractor = get_extractor("mnist")
     # The file is sorted by label: draw across it.
-    real = _FixedImages(dataset.get_batch(torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:1000]))
+    spread = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:1000]
+    real = _FixedImages(dataset.get_batch(spread))
     one_digit = _FixedImages(dataset.get_batch(torch.tensor([0])))
     assert classes_covered(class_histogram(real, extractor, n_samples=1000)) == 10
     assert classes_covered(class_histogram(one_digit, extractor, n_samples=300)) == 1
@@ -259,6 +260,6 @@ def test_e2_paper_pipeline_runs_end_to_end_on_fake_cifar_archives(tmp_path, monk
     config = json.loads(next((tmp_path / "out" / "e2" / "sweeps" / "quality" / "runs").glob("*/config.json"))
                         .read_text())
     assert config["dataset"] == "cifar10" and config["image_size"] == 32
-    with pytest.raises(ValueError, match="--dataset applies to e1..e4"):
+    with pytest.raises(ValueError, match="--dataset and --no-train apply to e1..e4"):
         from analyses.registry import run_analysis
         run_analysis("c6", "tiny", tmp_path / "c6", dataset="cifar10")
