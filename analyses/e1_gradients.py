@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from analyses.common import AnalysisResult, Check, start_result
-from analyses.experiments import layer_curves, plot_bands, plot_effects, read_results, runs_table, \
+from analyses.experiments import effects_figure, layer_curves, plot_bands, read_results, runs_table, \
     scalar_curves, write_results
 from analyses.stats import effect_check, equivalence_check, paired_log_ratio, t_effect
 from analyses.sweeps import run_sweeps, setting, sweep_dir
@@ -337,8 +337,7 @@ def conclude(result: AnalysisResult, tables: dict[str, pd.DataFrame]) -> Analysi
     for sweep in dict.fromkeys(runs["sweep"]):
         result.add_figure(plot_training(curves[curves["sweep"] == sweep], tables["e1_quality"],
                                         tables["e1_layers"], sweep), f"e1_gradients_{sweep}")
-    fig, axes = _effects_figure(result.checks)
-    result.add_figure(fig, "e1_effects")
+    result.add_figure(effects_figure(result.checks, "E1: effects over seeds with 95 % intervals"), "e1_effects")
     counts = runs.groupby(["sweep", "status"]).size().to_dict()
     result.notes.append("runs by sweep and status: " + ", ".join(f"{k[0]} {k[1]} {v}" for k, v in counts.items()))
     return result
@@ -389,16 +388,3 @@ def depth_profile(grad: pd.DataFrame) -> pd.DataFrame:
         relative = np.exp(np.log(wide.div(wide[wide.columns.max()], axis=0)).mean())
         rows.extend({"arm": arm, "seed": seed, "layer_index": int(k), "value": float(v)} for k, v in relative.items())
     return pd.DataFrame(rows, columns=["arm", "seed", "layer_index", "value"])
-
-
-def _effects_figure(checks):
-    from gradscope.plot import style
-
-    ratio = [c for c in checks if c.relation in (">", "<", "~") and c.bound_or_prediction == 1.0]
-    difference = [c for c in checks if c.relation in (">", "<") and c.bound_or_prediction == 0.0]
-    fig, axes = style.new_figure(1, 2, panel_size=(5.6, 0.45 * max(len(ratio), len(difference), 4) + 1.2),
-                                 title="E1: effects over seeds with 95 % intervals (green holds, red violated, "
-                                       "grey inconclusive)")
-    plot_effects(axes[0, 0], ratio, title="ratios (null = 1, dotted)")
-    plot_effects(axes[0, 1], difference, title="differences (null = 0, dotted)")
-    return fig, axes

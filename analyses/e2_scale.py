@@ -40,7 +40,8 @@ import numpy as np
 import pandas as pd
 
 from analyses.common import AnalysisResult, Check, start_result
-from analyses.experiments import plot_bands, read_results, real_floor, runs_table, scalar_curves, write_results
+from analyses.experiments import effects_figure, plot_bands, read_results, real_floor, runs_table, scalar_curves, \
+    write_results
 from analyses.stats import effect_check, paired_log_ratio
 from analyses.sweeps import run_sweeps, setting, sweep_dir
 
@@ -191,6 +192,7 @@ def conclude(result: AnalysisResult, tables: dict[str, pd.DataFrame]) -> Analysi
         fid = floor[floor["metric"].str.endswith("_fid")]["value"]
         result.notes.append(f"real-vs-real floor on {int(floor['n_samples'].iloc[0])} samples: FID "
                             f"{fid.mean():.3g} (range {fid.min():.3g}-{fid.max():.3g} over {len(fid)} draws)")
+    result.add_figure(effects_figure(result.checks, "E2: effects with 95 % intervals"), "e2_effects")
     return result
 
 

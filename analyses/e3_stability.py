@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from analyses.common import AnalysisResult, Check, start_result
-from analyses.experiments import read_results, runs_table, scalar_curves, write_results
+from analyses.experiments import effects_figure, read_results, runs_table, scalar_curves, write_results
 from analyses.stats import bootstrap_difference, effect_check, paired_log_ratio
 from analyses.sweeps import run_sweeps, setting, sweep_dir
 
@@ -190,6 +190,7 @@ def conclude(result: AnalysisResult, tables: dict[str, pd.DataFrame]) -> Analysi
     result.add_table("e3_collapse", runs)
     result.add(*checks_of(tables["e3_runs"]))
     result.add_figure(plot_stability(runs), "e3_stability")
+    result.add_figure(effects_figure(result.checks, "E3: effects with 95 % intervals"), "e3_effects")
     return result
 
 

@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from analyses.common import AnalysisResult, Check, start_result
-from analyses.experiments import layer_curves, plot_bands, read_results, runs_table, scalar_curves, write_results
+from analyses.experiments import effects_figure, layer_curves, plot_bands, read_results, runs_table, scalar_curves, \
+    write_results
 from analyses.stats import effect_check, paired_log_ratio, t_effect
 from analyses.sweeps import run_sweeps, setting, sweep_dir
 
@@ -140,6 +141,7 @@ def conclude(result: AnalysisResult, tables: dict[str, pd.DataFrame]) -> Analysi
     result.add_table("e4_per_run", table)
     result.add(*checks_of(table))
     result.add_figure(plot_gammas(tables["e4_runs"], tables["e4_gammas"], tables["e4_quality"]), "e4_gammas")
+    result.add_figure(effects_figure(result.checks, "E4: effects with 95 % intervals"), "e4_effects")
     return result
 
 

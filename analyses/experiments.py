@@ -143,20 +143,44 @@ def plot_bands(ax, table: pd.DataFrame, x: str, y: str, group: str, *, log: bool
         ax.set_yscale("log")
 
 
+#: Marker colours of the effects plot by verdict.
+VERDICT_COLORS = {"holds": "#1a9850", "violated": "#d73027", "inconclusive": "0.55"}
+
+
+def effects_figure(checks, title: str):
+    """A forest plot of the checks' effects: ratios (null 1, log axis) above, differences (null 0) below."""
+    from gradscope.plot import style
+
+    ratio = [c for c in checks if c.bound_or_prediction == 1.0 and _interval_of(c.detail)]
+    difference = [c for c in checks if c.bound_or_prediction == 0.0 and _interval_of(c.detail)]
+    groups = [(g, name) for g, name in ((ratio, "ratios (dotted: 1, no effect)"),
+                                        (difference, "differences (dotted: 0, no effect)")) if g]
+    if not groups:
+        groups = [([], "no effect with an interval (too few seeds)")]
+    heights = [max(len(g), 1) * 0.42 + 0.8 for g, _ in groups]
+    fig, axes = style.new_figure(len(groups), 1, panel_size=(9.5, max(heights)),
+                                 title=f"{title}: green holds, red violated, grey inconclusive")
+    for ax, (group, name) in zip(axes[:, 0], groups):
+        plot_effects(ax, group, title=name)
+    return fig
+
+
 def plot_effects(ax, checks, *, title: str) -> None:
     """A forest plot: each check's effect (ratio or difference) with the interval written in its detail."""
     from gradscope.plot import style
+
+    import textwrap
 
     labels, centers, lows, highs, colors = [], [], [], [], []
     for check in checks:
         interval = _interval_of(check.detail)
         if interval is None:
             continue
-        labels.append(check.quantity if len(check.quantity) <= 60 else check.quantity[:57] + "...")
+        labels.append("\n".join(textwrap.wrap(check.quantity, 70)[:3]))
         centers.append(check.measured)
         lows.append(interval[0])
         highs.append(interval[1])
-        colors.append({"holds": style.color(2), "violated": style.color(3)}.get(check.verdict, "0.5"))
+        colors.append(VERDICT_COLORS.get(check.verdict, VERDICT_COLORS["inconclusive"]))
     y = np.arange(len(labels))[::-1]
     for yi, c, lo, hi, col in zip(y, centers, lows, highs, colors):
         ax.plot([lo, hi], [yi, yi], color=col, linewidth=2)
@@ -165,7 +189,8 @@ def plot_effects(ax, checks, *, title: str) -> None:
     for null in nulls:
         ax.axvline(null, color="0.3", linestyle=":", linewidth=1)
     ax.set_yticks(y, labels, fontsize=7)
-    style.label_axes(ax, "effect (ratio: log axis; difference: linear) with 95 % interval", "", title)
+    ax.set_ylim(-0.6, len(labels) - 0.4)
+    style.label_axes(ax, "effect and its 95 % interval", "", title)
     if nulls == {1.0} and len(lows) and all(v > 0 for v in lows + highs + centers):
         ax.set_xscale("log")
 
