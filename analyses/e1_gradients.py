@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from analyses.common import AnalysisResult, Check, start_result
-from analyses.experiments import effects_figure, layer_curves, plot_bands, read_results, runs_table, \
+from analyses.experiments import concat, effects_figure, layer_curves, plot_bands, read_results, runs_table, \
     scalar_curves, write_results
 from analyses.stats import effect_check, equivalence_check, paired_log_ratio, t_effect
 from analyses.sweeps import run_sweeps, setting, sweep_dir
@@ -136,9 +136,9 @@ def collect(scale: str, out: Path, seed: int = 0, *, execute: bool = True,
         curves.append(layer_curves(table, directory, CURVE_STATS))
         quality.append(scalar_curves(table, directory, SCALARS))
         norms.append(operator_norm_table(table[table["norm"] == "sn"], directory))
-    return {"e1_runs": pd.concat(runs, ignore_index=True), "e1_curves": pd.concat(curves, ignore_index=True),
-            "e1_quality": pd.concat(quality, ignore_index=True),
-            "e1_operator_norms": pd.concat(norms, ignore_index=True), "e1_layers": layers}
+    return {"e1_runs": concat(runs), "e1_curves": concat(curves),
+            "e1_quality": concat(quality),
+            "e1_operator_norms": concat(norms), "e1_layers": layers}
 
 
 def operator_norm_table(runs: pd.DataFrame, directory: Path) -> pd.DataFrame:
@@ -334,7 +334,7 @@ def conclude(result: AnalysisResult, tables: dict[str, pd.DataFrame]) -> Analysi
     quantities = per_run(curves, tables["e1_quality"])
     result.add_table("e1_per_run", quantities)
     result.add(*checks_of(quantities, runs, tables["e1_operator_norms"], curves, tables["e1_layers"]))
-    for sweep in dict.fromkeys(runs["sweep"]):
+    for sweep in dict.fromkeys(curves["sweep"]):
         result.add_figure(plot_training(curves[curves["sweep"] == sweep], tables["e1_quality"],
                                         tables["e1_layers"], sweep), f"e1_gradients_{sweep}")
     result.add_figure(effects_figure(result.checks, "E1: effects over seeds with 95 % intervals"), "e1_effects")
@@ -357,7 +357,7 @@ def plot_training(curves: pd.DataFrame, scalars: pd.DataFrame, layers: pd.DataFr
     names = curves.drop_duplicates("layer_index").set_index("layer_index")["layer"]
     slopes = scalars[(scalars["sweep"] == sweep) & (scalars["name"] == "slope_real_mean")]
     plot_bands(axes[0, 0], slopes, "step", "value", "arm", log=True, order=order)
-    style.label_axes(axes[0, 0], "D update", "||grad_x D(x)||, mean over real images", "input gradient (C1)")
+    style.label_axes(axes[0, 0], "D update", "||grad_x D(x)||, real images", "input gradient (C1)")
     grad = curves[curves["stat"] == "grad_out_norm"]
     plot_bands(axes[0, 1], grad[grad["layer_index"] == first], "step", "value", "arm", log=True, order=order)
     style.label_axes(axes[0, 1], "D update", "||dL/dh|| (non-zero records)", f"loss gradient at {names[first]}")
@@ -366,7 +366,8 @@ def plot_training(curves: pd.DataFrame, scalars: pd.DataFrame, layers: pd.DataFr
     prediction = layers.set_index("layer_index")["lecun_prediction"] if len(layers) else {}
     if middle in prediction:
         style.theory_line(axes[0, 2], float(prediction[middle]), "SN prediction (1+sqrt(m/n))^-2")
-    style.label_axes(axes[0, 2], "D update", "fan_in Var(W_eff) (1 = LeCun)", f"LeCun ratio of {names[middle]}")
+    style.label_axes(axes[0, 2], "D update", "fan_in Var(W_eff) (1 = LeCun)",
+                     f"LeCun ratio of {names[middle]} (dashed: SN's)")
     plot_bands(axes[0, 3], depth_profile(grad), "layer_index", "value", "arm", log=True, order=order, marker="o")
     style.label_axes(axes[0, 3], "layer (0 = input side)", "||dL/dh_t|| / ||dL/dh_last||",
                      f"depth profile, last {TAIL:.0%} of training")

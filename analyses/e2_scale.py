@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 
 from analyses.common import AnalysisResult, Check, start_result
-from analyses.experiments import effects_figure, plot_bands, read_results, real_floor, runs_table, scalar_curves, \
-    write_results
+from analyses.experiments import concat, effects_figure, plot_bands, read_results, real_floor, runs_table, \
+    scalar_curves, write_results
 from analyses.stats import effect_check, paired_log_ratio
 from analyses.sweeps import run_sweeps, setting, sweep_dir
 
@@ -115,9 +115,8 @@ def collect(scale: str, out: Path, seed: int = 0, *, execute: bool = True,
 
     specs = sweeps(scale, seed, dataset)
     summaries = {k: v for k, v in run_sweeps(specs, out, execute=execute).items() if len(v)}
-    runs = pd.concat([runs_table(v, k) for k, v in summaries.items()], ignore_index=True)
-    quality = pd.concat([scalar_curves(runs[runs["sweep"] == k], sweep_dir(out, k), SCALARS) for k in summaries],
-                        ignore_index=True)
+    runs = concat([runs_table(v, k) for k, v in summaries.items()])
+    quality = concat([scalar_curves(runs[runs["sweep"] == k], sweep_dir(out, k), SCALARS) for k in summaries])
     base = specs["quality"]["base"]
     floor = pd.DataFrame(columns=["draw", "n_samples", "metric", "value"])
     if base.get("dataset") in ("mnist", "digits"):

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from analyses.common import AnalysisResult, Check, start_result
-from analyses.experiments import effects_figure, read_results, runs_table, scalar_curves, write_results
+from analyses.experiments import concat, effects_figure, read_results, runs_table, scalar_curves, write_results
 from analyses.stats import bootstrap_difference, effect_check, paired_log_ratio
 from analyses.sweeps import run_sweeps, setting, sweep_dir
 
@@ -121,7 +121,7 @@ def collect(scale: str, out: Path, seed: int = 0, *, execute: bool = True,
                                     for r in table.itertuples()]
         runs.append(table)
         quality.append(scalar_curves(table, directory, ("mnist_fid", "inception_fid", "digits_fid", "loss_d")))
-    return {"e3_runs": pd.concat(runs, ignore_index=True), "e3_quality": pd.concat(quality, ignore_index=True)}
+    return {"e3_runs": concat(runs), "e3_quality": concat(quality)}
 
 
 def final_coverage(directory: Path, run: str) -> float:

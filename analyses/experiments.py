@@ -26,6 +26,14 @@ from analyses.stats import t_interval
 ARM_COLUMNS: tuple[str, ...] = ("optimizer", "norm", "init", "scale", "lr-d", "lr-g", "n-dis", "loss")
 
 
+def concat(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """``pd.concat`` of the non-empty ``frames`` with their real dtypes (empty ones would make columns object)."""
+    full = [f for f in frames if len(f)]
+    if not full:
+        return frames[0] if len(frames) else pd.DataFrame()
+    return pd.concat(full, ignore_index=True).infer_objects()
+
+
 def arm_label(row) -> str:
     """``"none, lecun init"``, ``"sn"``, ``"bssn c=1.4"``: the arm of a run in words."""
     get = row.get if isinstance(row, dict) else (lambda k, d=None: getattr(row, k, d))

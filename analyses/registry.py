@@ -15,7 +15,9 @@ from types import ModuleType
 
 from analyses.common import AnalysisResult, check_scale
 
-NAMES: tuple[str, ...] = tuple(f"c{i}" for i in range(1, 9)) + tuple(f"e{i}" for i in range(1, 5))
+CLAIMS: tuple[str, ...] = tuple(f"c{i}" for i in range(1, 9))
+EXPERIMENTS: tuple[str, ...] = tuple(f"e{i}" for i in range(1, 5))
+NAMES: tuple[str, ...] = CLAIMS + EXPERIMENTS
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
