@@ -351,7 +351,7 @@ def plot_training(curves: pd.DataFrame, scalars: pd.DataFrame, layers: pd.DataFr
     fig, axes = style.new_figure(1, 4, panel_size=(3.4, 2.8),
                                  title=f"E1: D's gradients through training with {opt}, MNIST 32x32, "
                                        "mean over seeds with 95 % bands")
-    order = [a for a in ORDER if a in set(curves["arm"])]
+    order = ORDER  # every arm keeps its colour across figures, present or not
     first = curves["layer_index"].min()
     middle = int(np.median(np.unique(curves["layer_index"])))
     names = curves.drop_duplicates("layer_index").set_index("layer_index")["layer"]
