@@ -21,7 +21,9 @@ between SSN and BSSN at the same c, so each (c, seed) is a pair:
 
 1. per c: final FID, BSSN / SSN (paired log ratio): claimed below 1;
 2. pooled over c (every pair): the same, the headline number;
-3. per c and pooled: final IS, BSSN / SSN: claimed above 1.
+3. per c and pooled: final IS, BSSN / SSN: claimed above 1;
+4. per method: final FID at the largest c over c = 1 (paired by seed): claimed below 1
+   (the scale c > 1 is what SSN and BSSN add to SN and BSN).
 
 The ``schedule`` sweep repeats c = 1.4 with the authors' power iteration
 (``--power-schedule authors``: cold u, one unstored step per forward with
@@ -153,6 +155,22 @@ def checks_of(final: pd.DataFrame) -> list[Check]:
                                        paired_log_ratio(rows["ssn"].to_numpy(), rows["bssn"].to_numpy()), direction))
         checks.append(effect_check(CLAIM, f"{what} BSSN / SSN, all c pooled ({len(wide)} pairs)",
                                    paired_log_ratio(wide["ssn"].to_numpy(), wide["bssn"].to_numpy()), direction))
+    checks.extend(scale_checks(final))
+    return checks
+
+
+def scale_checks(final: pd.DataFrame) -> list[Check]:
+    """Per method: final FID at the largest c over c = 1 (paired by seed): does scaling by c > 1 help?"""
+    checks = []
+    for norm in METHODS:
+        wide = final[final["norm"] == norm].pivot_table(index="seed", columns="scale", values="fid")
+        if 1.0 not in wide.columns or wide.columns.max() <= 1.0:
+            continue
+        top = float(wide.columns.max())
+        pair = wide[[1.0, top]].dropna()
+        if len(pair):
+            checks.append(effect_check(CLAIM, f"final FID of {norm}, c = {top:g} / c = 1 (scaling helps)",
+                                       paired_log_ratio(pair[1.0].to_numpy(), pair[top].to_numpy()), "negative"))
     return checks
 
 

@@ -173,8 +173,7 @@ def checks_of(runs: pd.DataFrame) -> list[Check]:
         if len(sn) and len(bssn):
             effect = bootstrap_difference(bssn, sn)
             checks.append(effect_check(CLAIM, f"{label}: collapse fraction SN - BSSN (SN {sn.mean():.2f} of "
-                                       f"{len(sn)}, BSSN {bssn.mean():.2f} of {len(bssn)})", effect, "positive",
-                                       note="bootstrap over runs"))
+                                       f"{len(sn)}, BSSN {bssn.mean():.2f} of {len(bssn)})", effect, "positive"))
         keys = [k for k in ("lr-d", "lr-g", "seed") if k in rows]
         wide = rows[rows["status"] == "done"].pivot_table(index=keys, columns="arm", values="final_fid").dropna()
         if {SN_ARM, BSSN_ARM} <= set(wide.columns) and len(wide):

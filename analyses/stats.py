@@ -52,6 +52,8 @@ class Effect:
         Whether the arms shared seeds; whether the effect is a log ratio.
     seeds_needed : int or None
         Seeds a :data:`REFERENCE_EFFECT` would need at ``spread`` (``None`` when the spread is 0 or unknown).
+    method : str
+        How the interval was made: ``"t"`` (Student t over seeds) or ``"bootstrap"`` (percentile, over runs).
     """
 
     estimate: float
@@ -62,6 +64,7 @@ class Effect:
     paired: bool
     log: bool
     seeds_needed: int | None
+    method: str = "t"
 
     def verdict(self, direction: str) -> str:
         """``holds`` / ``violated`` / ``inconclusive`` for the claim that the effect is positive / negative.
@@ -94,7 +97,7 @@ class Effect:
         kind = "paired" if self.paired else "independent"
         need = ("a 5 % effect needs any n (no spread)" if self.seeds_needed is None
                 else f"a {REFERENCE_EFFECT:.0%} effect needs {self.seeds_needed} seeds per arm at this spread")
-        return f"{head} ({LEVEL:.0%} t interval), n={self.n} {kind}; {need}"
+        return f"{head} ({LEVEL:.0%} {self.method} interval), n={self.n} {kind}; {need}"
 
 
 def _exp(value: float) -> float:
@@ -206,14 +209,14 @@ def bootstrap_difference(a, b, *, resamples: int = 10_000, level: float = LEVEL,
     x, y = _finite(a), _finite(b)
     if not len(x) or not len(y):
         nan = float("nan")
-        return Effect(nan, nan, nan, min(len(x), len(y)), nan, False, False, None)
+        return Effect(nan, nan, nan, min(len(x), len(y)), nan, False, False, None, "bootstrap")
     rng = np.random.default_rng(seed)
     draws = (rng.choice(y, (resamples, len(y))).mean(axis=1) - rng.choice(x, (resamples, len(x))).mean(axis=1))
     low, high = np.quantile(draws, [0.5 - level / 2, 0.5 + level / 2])
     spread = float(np.sqrt((x.var(ddof=1) if len(x) > 1 else 0.0) / 2 + (y.var(ddof=1) if len(y) > 1 else 0.0) / 2))
     estimate = float(y.mean() - x.mean())
     return Effect(estimate, float(low), float(high), int(min(len(x), len(y))), spread, False, False,
-                  seeds_needed(spread, REFERENCE_EFFECT, paired=False))
+                  seeds_needed(spread, REFERENCE_EFFECT, paired=False), "bootstrap")
 
 
 def effect_check(claim: str, quantity: str, effect: Effect, direction: str, *, unit: str = "",
