@@ -221,9 +221,10 @@ def plot_stability(runs: pd.DataFrame):
         ax.set_xticks(range(len(rates_g)), [f"{r:g}" for r in rates_g])
         ax.set_yticks(range(len(rates_d)), [f"{r:g}" for r in rates_d])
         ax.grid(False)
-        style.label_axes(ax, "lr of G", "lr of D", f"{arm}: mean final FID (collapsed/runs)")
+        style.label_axes(ax, "lr of G", "lr of D", f"{arm}: final FID (collapsed/runs)")
     if image is not None:
-        fig.colorbar(image, ax=axes[0, len(arms) - 1], label="final FID (lower is better)")
+        fig.colorbar(image, ax=list(axes[0, :len(arms)]), orientation="horizontal", shrink=0.5,
+                     label="mean final FID (lower is better)")
     ax = axes[0, len(arms)]
     for j, sweep in enumerate(("lr", "ndis5")):
         for i, arm in enumerate(arms):
@@ -235,5 +236,5 @@ def plot_stability(runs: pd.DataFrame):
     ax.set_xticks([(len(arms) - 1) / 2, len(arms) + 1 + (len(arms) - 1) / 2], ["lr grid (B)", "n_dis 5 (C)"])
     ax.set_ylim(0, 1.1)
     style.label_axes(ax, "setting", "collapsed runs (fraction)", "collapse fractions")
-    style.legend(ax, loc="upper right")
+    style.figure_legend(fig, ax)
     return fig
