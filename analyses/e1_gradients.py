@@ -46,9 +46,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analyses.common import AnalysisResult, Check, start_result
-from analyses.experiments import concat, effects_figure, layer_curves, plot_bands, read_results, runs_table, \
-    scalar_curves, write_results
+from analyses.common import AnalysisResult, Check
+from analyses.experiments import (
+    concat,
+    effects_figure,
+    layer_curves,
+    plot_bands,
+    runs_table,
+    scalar_curves,
+)
 from analyses.stats import effect_check, equivalence_check, paired_log_ratio, t_effect
 from analyses.sweeps import run_sweeps, setting, sweep_dir
 
@@ -105,18 +111,6 @@ NO_SN_DCGAN, NO_SN_LECUN, SN, STRICT = "none, dcgan init", "none, lecun init", "
 ORDER = (NO_SN_DCGAN, NO_SN_LECUN, SN, STRICT, "bssn c=1.4")
 
 
-def run(scale: str, out: Path, seed: int = 0, dataset: str | None = None, *,
-        train: bool = True) -> AnalysisResult:
-    """Run (or resume) E1's sweeps at ``scale`` into ``out``, then judge and draw them.
-
-    ``dataset`` replaces the scale's dataset; ``train=False`` judges what the sweeps hold so far and
-    starts no run.
-    """
-    _, result = start_result(CLAIM, TITLE, scale, out, PARAMS)
-    tables = collect(scale, result.out, seed, dataset=dataset, execute=train)
-    write_results(tables, result.out / "results")
-    return conclude(result, tables)
-
 
 def collect(scale: str, out: Path, seed: int = 0, *, execute: bool = True,
             dataset: str | None = None) -> dict[str, pd.DataFrame]:
@@ -163,11 +157,6 @@ def operator_norm_table(runs: pd.DataFrame, directory: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["sweep", "arm", "seed", "step", "layer", "layer_index", "sigma_op",
                                        "sigma_fwd"])
 
-
-def from_results(scale: str, source: Path, out: Path) -> AnalysisResult:
-    """Judge and draw E1 from committed compact tables in ``source`` (no training)."""
-    _, result = start_result(CLAIM, TITLE, scale, out, PARAMS)
-    return conclude(result, read_results(source, RESULT_TABLES))
 
 
 # ----------------------------------------------------------------------------- per-run quantities

@@ -41,9 +41,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analyses.common import AnalysisResult, Check, start_result
-from analyses.experiments import concat, effects_figure, plot_bands, read_results, real_floor, runs_table, \
-    scalar_curves, write_results
+from analyses.common import AnalysisResult, Check
+from analyses.experiments import (
+    concat,
+    effects_figure,
+    plot_bands,
+    real_floor,
+    runs_table,
+    scalar_curves,
+)
 from analyses.stats import effect_check, paired_log_ratio
 from analyses.sweeps import run_sweeps, setting, sweep_dir
 
@@ -88,26 +94,8 @@ def sweeps(scale: str, seed: int = 0, dataset: str | None = None) -> dict[str, d
 SCALARS: tuple[str, ...] = ("mnist_fid", "mnist_is_mean", "inception_fid", "inception_is_mean", "digits_fid",
                             "digits_is_mean", "loss_d")
 RESULT_TABLES: tuple[str, ...] = ("e2_runs", "e2_quality", "e2_floor")
-SAMPLES = "samples"
 
 
-def run(scale: str, out: Path, seed: int = 0, dataset: str | None = None, *,
-        train: bool = True) -> AnalysisResult:
-    """Run (or resume) E2's sweep at ``scale`` into ``out``, then judge and draw it.
-
-    ``dataset`` replaces the scale's dataset; ``train=False`` judges what the sweeps hold so far and
-    starts no run.
-    """
-    _, result = start_result(CLAIM, TITLE, scale, out, PARAMS)
-    tables = collect(scale, result.out, seed, dataset=dataset, execute=train)
-    write_results(tables, result.out / "results")
-    return conclude(result, tables)
-
-
-def from_results(scale: str, source: Path, out: Path) -> AnalysisResult:
-    """Judge and draw E2 from committed compact tables in ``source`` (no training)."""
-    _, result = start_result(CLAIM, TITLE, scale, out, PARAMS)
-    return conclude(result, read_results(source, RESULT_TABLES))
 
 
 def collect(scale: str, out: Path, seed: int = 0, *, execute: bool = True,

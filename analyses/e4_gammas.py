@@ -33,9 +33,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analyses.common import AnalysisResult, Check, start_result
-from analyses.experiments import effects_figure, layer_curves, plot_bands, read_results, runs_table, scalar_curves, \
-    write_results
+from analyses.common import AnalysisResult, Check
+from analyses.experiments import (
+    effects_figure,
+    layer_curves,
+    plot_bands,
+    runs_table,
+    scalar_curves,
+)
 from analyses.stats import effect_check, paired_log_ratio, t_effect
 from analyses.sweeps import run_sweeps, setting, sweep_dir
 
@@ -71,23 +76,6 @@ RESULT_TABLES: tuple[str, ...] = ("e4_runs", "e4_gammas", "e4_quality")
 TAIL = 0.2
 
 
-def run(scale: str, out: Path, seed: int = 0, dataset: str | None = None, *,
-        train: bool = True) -> AnalysisResult:
-    """Run (or resume) E4's sweep at ``scale`` into ``out``, then judge and draw it.
-
-    ``dataset`` replaces the scale's dataset; ``train=False`` judges what the sweeps hold so far and
-    starts no run.
-    """
-    _, result = start_result(CLAIM, TITLE, scale, out, PARAMS)
-    tables = collect(scale, result.out, seed, dataset=dataset, execute=train)
-    write_results(tables, result.out / "results")
-    return conclude(result, tables)
-
-
-def from_results(scale: str, source: Path, out: Path) -> AnalysisResult:
-    """Judge and draw E4 from committed compact tables in ``source`` (no training)."""
-    _, result = start_result(CLAIM, TITLE, scale, out, PARAMS)
-    return conclude(result, read_results(source, RESULT_TABLES))
 
 
 def collect(scale: str, out: Path, seed: int = 0, *, execute: bool = True,

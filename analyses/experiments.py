@@ -175,9 +175,9 @@ def effects_figure(checks, title: str):
 
 def plot_effects(ax, checks, *, title: str) -> None:
     """A forest plot: each check's effect (ratio or difference) with the interval written in its detail."""
-    from gradscope.plot import style
-
     import textwrap
+
+    from gradscope.plot import style
 
     labels, centers, lows, highs, colors = [], [], [], [], []
     for check in checks:
@@ -271,3 +271,27 @@ def real_floor(dataset_name: str, n_samples: int, *, draws: int = 5, metrics: tu
         rows.extend({"draw": draw, "n_samples": int(len(indices)), "metric": k, "value": float(v)}
                     for k, v in quality.compute().items())
     return pd.DataFrame(rows, columns=["draw", "n_samples", "metric", "value"])
+
+
+def run_experiment(module, scale: str, out: str | Path, seed: int = 0, dataset: str | None = None, *,
+                   train: bool = True):
+    """The ``run`` of every training experiment ``module`` (``CLAIM``, ``TITLE``, ``PARAMS``, ``collect``,
+    ``conclude``): run or resume its sweeps, keep their compact tables in ``out/results``, judge and draw.
+
+    ``dataset`` replaces the scale's dataset; ``train=False`` judges what the sweeps hold so far and
+    starts no run.
+    """
+    from analyses.common import start_result
+
+    _, result = start_result(module.CLAIM, module.TITLE, scale, out, module.PARAMS)
+    tables = module.collect(scale, result.out, seed, dataset=dataset, execute=train)
+    write_results(tables, result.out / "results")
+    return module.conclude(result, tables)
+
+
+def redraw_experiment(module, scale: str, source: str | Path, out: str | Path):
+    """Judge and draw a training experiment from its committed compact tables in ``source`` (no training)."""
+    from analyses.common import start_result
+
+    _, result = start_result(module.CLAIM, module.TITLE, scale, out, module.PARAMS)
+    return module.conclude(result, read_results(source, module.RESULT_TABLES))

@@ -64,10 +64,19 @@ def load(name: str) -> ModuleType:
         module = importlib.import_module(dotted)
     except Exception as exc:  # a broken analysis must not take the others down
         raise AnalysisUnavailable(f"{key}: {dotted} failed to import: {type(exc).__name__}: {exc}") from exc
-    for attr in ("CLAIM", "TITLE", "run"):
+    # A training experiment (e1..e4) declares its sweeps, ``collect`` and ``conclude``, and runs through
+    # analyses.experiments.run_experiment; a claim's analysis has its own ``run``.
+    required = ("CLAIM", "TITLE") + (("PARAMS", "sweeps", "collect", "conclude", "RESULT_TABLES")
+                                     if is_experiment(module) else ("run",))
+    for attr in required:
         if not hasattr(module, attr):
             raise AnalysisUnavailable(f"{key}: {dotted} lacks {attr}")
     return module
+
+
+def is_experiment(module: ModuleType) -> bool:
+    """Whether ``module`` is a training experiment (it declares ``sweeps``) rather than a claim's checks."""
+    return hasattr(module, "sweeps")
 
 
 def available() -> dict[str, str | None]:
@@ -103,14 +112,15 @@ def run_analysis(name: str, scale: str, out: str | Path, seed: int = 0,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if from_results is not None:
-        if not hasattr(module, "from_results"):
-            raise ValueError(f"{normalize_name(name)} has no committed results to redraw; run it instead")
-        result = module.from_results(scale, Path(from_results), out)
+    if is_experiment(module):
+        from analyses.experiments import redraw_experiment, run_experiment
+
+        result = (redraw_experiment(module, scale, Path(from_results), out) if from_results is not None
+                  else run_experiment(module, scale, out, seed, dataset, train=train))
+    elif from_results is not None:
+        raise ValueError(f"{normalize_name(name)} has no committed results to redraw; run it instead")
     elif dataset is not None or not train:
-        if not hasattr(module, "sweeps"):
-            raise ValueError(f"{normalize_name(name)} runs no sweeps; --dataset and --no-train apply to e1..e4")
-        result = module.run(scale, out, seed=seed, dataset=dataset, train=train)
+        raise ValueError(f"{normalize_name(name)} runs no sweeps; --dataset and --no-train apply to e1..e4")
     else:
         result = module.run(scale, out, seed=seed)
     if not isinstance(result, AnalysisResult):
