@@ -326,8 +326,8 @@ def test_inception_weights_flag_reaches_the_extractor(tmp_path, monkeypatch):
 def test_two_processes_give_identical_numbers_whatever_their_thread_setting(tmp_path):
     """A small run's numbers depend on its config only: a sweep worker (OMP_NUM_THREADS = its share of the
     cores) and a plain `gradscope run` write the same bits. Two threads used to change d_fake at step 1."""
-    argv = ["run", "--norm", "sn", "--iterations", "3", "--batch-size", "8", "--eval-every", "0", "--sample-every",
-            "0", "--exact-every", "0", "--checkpoint-every", "3", "--quiet"]
+    argv = ["run", "--dataset", "digits", "--norm", "sn", "--iterations", "3", "--batch-size", "8", "--eval-every",
+            "0", "--sample-every", "0", "--exact-every", "0", "--checkpoint-every", "3", "--quiet"]
     outs = {}
     for threads in ("1", "2"):
         outs[threads] = tmp_path / f"threads{threads}"
