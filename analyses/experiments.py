@@ -72,18 +72,23 @@ def downsample_steps(steps: np.ndarray, points: int) -> np.ndarray:
     return unique[np.unique(np.round(np.linspace(0, len(unique) - 1, points)).astype(int))]
 
 
-def layer_curves(runs: pd.DataFrame, directory: Path, stats: Sequence[str], *, net: str = "D",
-                 phase: str = "d", points: int = 50) -> pd.DataFrame:
-    """``sweep, arm, seed, run, step, layer, layer_index, stat, value`` for the finished runs of ``runs``."""
+def finished_runs(runs: pd.DataFrame, directory: Path):
+    """``(row, Run)`` for each run of ``runs`` that finished (done or diverged) and has its folder in ``directory``."""
     from gradscope.record import load_run
     from gradscope.sweep.runner import run_dir_of
 
-    frames = []
     for row in runs.itertuples():
         run_dir = run_dir_of(directory, row.run)
-        if row.status not in ("done", "diverged") or not (run_dir / "config.json").exists():
-            continue
-        layers = load_run(run_dir).layers
+        if row.status in ("done", "diverged") and (run_dir / "config.json").exists():
+            yield row, load_run(run_dir)
+
+
+def layer_curves(runs: pd.DataFrame, directory: Path, stats: Sequence[str], *, net: str = "D",
+                 phase: str = "d", points: int = 50) -> pd.DataFrame:
+    """``sweep, arm, seed, run, step, layer, layer_index, stat, value`` for the finished runs of ``runs``."""
+    frames = []
+    for row, run in finished_runs(runs, directory):
+        layers = run.layers
         rows = layers[(layers["net"] == net) & (layers["phase"] == phase) & layers["stat"].isin(list(stats))]
         rows = rows[rows["step"].isin(downsample_steps(rows["step"].to_numpy(), points))]
         frames.append(rows.drop(columns=["phase", "net"]).assign(sweep=row.sweep, arm=row.arm, seed=row.seed,
@@ -94,15 +99,9 @@ def layer_curves(runs: pd.DataFrame, directory: Path, stats: Sequence[str], *, n
 
 def scalar_curves(runs: pd.DataFrame, directory: Path, names: Sequence[str], *, points: int = 50) -> pd.DataFrame:
     """``sweep, arm, seed, run, step, name, value`` of the scalars ``names`` of the finished runs."""
-    from gradscope.record import load_run
-    from gradscope.sweep.runner import run_dir_of
-
     frames = []
-    for row in runs.itertuples():
-        run_dir = run_dir_of(directory, row.run)
-        if row.status not in ("done", "diverged") or not (run_dir / "config.json").exists():
-            continue
-        scalars = load_run(run_dir).scalars
+    for row, run in finished_runs(runs, directory):
+        scalars = run.scalars
         rows = scalars[scalars["name"].isin(list(names))]
         keep = [rows[rows["name"] == n] for n in names]
         keep = [r[r["step"].isin(downsample_steps(r["step"].to_numpy(), points))] for r in keep if len(r)]
