@@ -158,7 +158,7 @@ def test_every_experiment_declares_small_sweeps_with_five_seeds_on_the_32px_geom
     from gradscope.sweep import parse_spec
 
     # The headline sweeps have 5 seeds per cell; the ones the CPU budget cut say so in their docstrings.
-    expected = {("e1_gradients", "adam"): 5, ("e1_gradients", "sgd"): 3, ("e2_scale", "quality"): 5,
+    expected = {("e1_gradients", "adam"): 5, ("e1_gradients", "sgd"): 5, ("e2_scale", "quality"): 5,
                 ("e2_scale", "schedule"): 3, ("e4_gammas", "gammas"): 3}
     for module in (e1_gradients, e2_scale, e4_gammas):
         for name, data in module.sweeps("small").items():

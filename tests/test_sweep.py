@@ -112,6 +112,28 @@ def test_a_different_spec_in_the_same_directory_is_refused(tmp_path):
         run_sweep(spec, out)
 
 
+def test_a_sweep_grows_by_new_axis_values_but_not_by_a_changed_base_or_order(tmp_path):
+    from gradscope.sweep.runner import open_manifest
+
+    arms = [{"norm": "none", "init": "lecun"}, {"norm": "sn"}]
+    small = parse_spec({"base": {**TINY, "iterations": 2}, "grid": {"arm": arms, "seed": [0, 1]}})
+    grown = parse_spec({"base": {**TINY, "iterations": 2}, "grid": {"arm": arms, "seed": [0, 1, 2, 3]}})
+    assert small.fingerprint() != grown.fingerprint()
+    out = tmp_path / "sweep"
+    manifest = open_manifest(small, out)
+    manifest.runs["norm=sn_seed=1"].status = "done"
+    manifest.save(out)
+    manifest = open_manifest(grown, out)
+    assert manifest.fingerprint == grown.fingerprint()
+    assert manifest.runs["norm=sn_seed=1"].status == "done"  # what ran keeps its record
+    assert sorted(manifest.runs) == sorted(p.run_id for p in grown.points)
+    for other in ({"base": {**TINY, "iterations": 3}, "grid": {"arm": arms, "seed": [0, 1, 2]}},
+                  {"base": {**TINY, "iterations": 2}, "grid": {"arm": arms[::-1], "seed": [0, 1, 2]}},
+                  {"base": {**TINY, "iterations": 2}, "grid": {"arm": arms[:1], "seed": [0, 1, 2]}}):
+        with pytest.raises(ValueError, match="a sweep may only grow"):
+            open_manifest(parse_spec(other), out)
+
+
 def test_failed_runs_are_retried_up_to_the_limit_and_reported(tmp_path):
     empty = tmp_path / "no-data"
     empty.mkdir()

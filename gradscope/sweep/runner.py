@@ -42,7 +42,10 @@ def open_manifest(spec: SweepSpec, out: Path) -> Manifest:
     if manifest is None:
         manifest = Manifest(spec.name, spec.fingerprint())
     elif manifest.fingerprint != spec.fingerprint():
-        raise ValueError(f"{out} holds a different sweep ({manifest.name!r}); choose another --out")
+        if not spec.grows(manifest.fingerprint, manifest.runs):
+            raise ValueError(f"{out} holds a different sweep ({manifest.name!r}); choose another --out "
+                             "(a sweep may only grow: add values to its grid axes, keep the rest)")
+        manifest.fingerprint = spec.fingerprint()
     for point in spec.points:
         manifest.runs.setdefault(point.run_id, RunEntry(params=point.params))
     return manifest

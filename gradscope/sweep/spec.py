@@ -34,6 +34,7 @@ import itertools
 import json
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,33 @@ class SweepSpec:
 
     def fingerprint(self) -> str:
         """A stable hash of what the sweep runs; a directory holds one sweep only."""
-        payload = json.dumps({"base": self.base, "grid": self.grid}, sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return _fingerprint(self.base, self.grid)
+
+    def grows(self, fingerprint: str, run_ids: Iterable[str]) -> bool:
+        """Whether this spec is the sweep of ``fingerprint`` with values added to its grid axes.
+
+        ``run_ids`` are the runs the earlier sweep holds. Restricting each axis
+        to the values those runs use must give back the earlier sweep exactly
+        (same base, same axes, same values in the same order), so runs already
+        made keep their meaning and only new grid points are added.
+        """
+        held = set(run_ids)
+        axes = list(self.grid)
+        used: dict[str, set[int]] = {axis: set() for axis in axes}
+        combos = itertools.product(*(range(len(self.grid[a])) for a in axes))
+        for point, combo in zip(self.points, combos):
+            if point.run_id in held:
+                for axis, index in zip(axes, combo):
+                    used[axis].add(index)
+        if not held <= {point.run_id for point in self.points}:
+            return False
+        earlier = {axis: [v for i, v in enumerate(self.grid[axis]) if i in used[axis]] for axis in axes}
+        return all(earlier.values()) and _fingerprint(self.base, earlier) == fingerprint
+
+
+def _fingerprint(base: dict[str, Any], grid: dict[str, list[Any]]) -> str:
+    payload = json.dumps({"base": base, "grid": grid}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def _run_id(params: dict[str, Any]) -> str:
