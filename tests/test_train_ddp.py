@@ -62,7 +62,7 @@ def test_ranks_share_sigmas_and_weights_and_resume_on_one_process(tmp_path):
     sigmas = [k for k in d0 if k.endswith("sigma")]
     assert sigmas, "the normalized discriminator must keep sigma buffers"
     for key in d0:
-        assert torch.equal(d0[key], d1[key]), key
+        assert torch.equal(d0[key], d1[key]), [k for k in d0 if not torch.equal(d0[k], d1[k])]
     for key, value in ranks[0]["G"].items():
         if "running" not in key and "num_batches" not in key:  # batch-norm statistics are per rank
             assert torch.equal(value, ranks[1]["G"][key]), key

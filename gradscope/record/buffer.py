@@ -19,15 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-SUM_QUANTITIES: tuple[str, ...] = ("act_in", "act_out", "grad_out", "grad_in", "w_raw", "w_eff")
-DIRECT_QUANTITIES: tuple[str, ...] = (
-    "multiplier", "grad_w_raw_norm", "grad_w_eff_norm", "gamma", "sigma", "sigma_fwd", "sigma_bwd",
-    "sigma_raw_fwd", "sigma_raw_bwd", "sigma_op", "hessian_top",
-)
-# Sum quantity q occupies offsets 2q (sum) and 2q + 1 (sum of squares); direct ones follow.
-SUM_OFFSET = {name: 2 * i for i, name in enumerate(SUM_QUANTITIES)}
-DIRECT_OFFSET = {name: 2 * len(SUM_QUANTITIES) + i for i, name in enumerate(DIRECT_QUANTITIES)}
-N_QUANTITIES = 2 * len(SUM_QUANTITIES) + len(DIRECT_QUANTITIES)
+from gradscope.record.families import SLOTS
+
+# Sum quantity q occupies offsets 2q (sum) and 2q + 1 (sum of squares); direct ones follow. The
+# layout is generated from the statistic families (gradscope.record.families).
+SUM_OFFSET, DIRECT_OFFSET, N_QUANTITIES = SLOTS.sums, SLOTS.direct, SLOTS.size
 
 
 def sum_and_square_sum(x: Tensor) -> tuple[Tensor, Tensor]:

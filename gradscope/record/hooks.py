@@ -18,7 +18,25 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from gradscope.record.buffer import StepBuffer
+from gradscope.record.families import FAMILIES
 from gradscope.record.layers import Layer
+
+
+def hooked_quantities(want: set[str]) -> set[str]:
+    """The hook-accumulated quantities the selected statistics need (a quantity's statistics are named after it)."""
+    return {quantity for family in FAMILIES if family.hook in ("forward", "backward")
+            for quantity in family.sums if any(stat.startswith(quantity + "_") for stat in want & set(family.stats))}
+
+
+def first_tensor(output: Any) -> Tensor | None:
+    """The module's output tensor: itself, or the first floating-point tensor of a tuple / list / dict output."""
+    if isinstance(output, Tensor):
+        return output if output.is_floating_point() else None
+    values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
+    for value in values:
+        if isinstance(value, Tensor) and value.is_floating_point():
+            return value
+    return None
 
 
 class Observer:
@@ -27,18 +45,19 @@ class Observer:
     def __init__(self, layers: dict[str, list[Layer]], wanted: Iterable[str], capture_inputs: bool) -> None:
         self.layers = layers
         want = set(wanted)
-        self.act_in = bool(want & {"act_in_mean", "act_in_var"})
-        self.act_out = bool(want & {"act_out_mean", "act_out_var"})
-        self.grad_out = bool(want & {"grad_out_norm", "grad_out_var"})
-        self.grad_in = bool(want & {"grad_in_norm", "grad_in_var"})
+        hooked = hooked_quantities(want)
+        self.act_in, self.act_out = "act_in" in hooked, "act_out" in hooked
+        self.grad_out, self.grad_in = "grad_out" in hooked, "grad_in" in hooked
         self.grad_w_eff = "grad_w_eff_norm" in want
-        self.input_sizes = "sigma_op" in want
+        self.snapshot = "param_update_ratio" in want
         self.capture_inputs = capture_inputs
         self.armed = False
         self.suspended = False
         self.buffer = StepBuffer()
         self.weff_grads: dict[int, Tensor] = {}
         self.grad_seen: set[int] = set()
+        self.snapshots: dict[int, Tensor] = {}
+        self.snapshotted: set[str] = set()
         self.active: set[str] = set()
         self.inputs: dict[str, Tensor] = {}
         self.per_sample_output: dict[str, bool] = {}
@@ -57,9 +76,10 @@ class Observer:
             for layer in self.layers[net]:
                 self.handles.append(layer.module.register_forward_pre_hook(partial(self._layer_pre, layer)))
                 self.handles.append(layer.module.register_forward_hook(partial(self._layer_post, layer)))
-                if layer.raw.is_leaf:
-                    self.handles.append(layer.raw.register_post_accumulate_grad_hook(
-                        partial(self._accumulated, layer.uid)))
+                for param in layer.params:
+                    if param.tensor.is_leaf and param.tensor.requires_grad:
+                        self.handles.append(param.tensor.register_post_accumulate_grad_hook(
+                            partial(self._accumulated, param.uid)))
                 plist = layer.parametrizations
                 if plist is not None:
                     self.handles.append(plist.register_forward_hook(partial(self._effective_weight, layer)))
@@ -75,6 +95,8 @@ class Observer:
         self.buffer = StepBuffer()
         self.weff_grads = {}
         self.grad_seen = set()
+        self.snapshots = {}
+        self.snapshotted = set()
         self.active = set()
         self.inputs = {}
 
@@ -90,6 +112,8 @@ class Observer:
         if not torch.is_grad_enabled():
             return
         self.active.add(net)
+        if self._recording():
+            self._snapshot(net)
         if self.capture_inputs and net not in self.inputs and args and isinstance(args[0], Tensor):
             self.inputs[net] = args[0].detach()
 
@@ -107,6 +131,15 @@ class Observer:
             if self.on_order is not None:
                 self.on_order(net)
 
+    def _snapshot(self, net: str) -> None:
+        """Copy the net's parameters once per recorded step, before its optimizer moves them."""
+        if not self.snapshot or net in self.snapshotted:
+            return
+        self.snapshotted.add(net)
+        for layer in self.layers[net]:
+            for param in layer.params:
+                self.snapshots[param.uid] = param.tensor.detach().clone()
+
     # --- layer level -------------------------------------------------------------------------------
     def _layer_pre(self, layer: Layer, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if not (self.grad_in and self._recording()) or not args or not isinstance(args[0], Tensor):
@@ -120,18 +153,25 @@ class Observer:
         return (x, *args[1:])
 
     def _layer_post(self, layer: Layer, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        x = args[0] if args else None
-        if not isinstance(x, Tensor) or not isinstance(output, Tensor) or self.suspended:
+        if self.suspended:
             return
+        x = args[0] if args and isinstance(args[0], Tensor) and args[0].is_floating_point() else None
+        output = first_tensor(output)
         seen = self._seen.get(layer.net)
         if seen is not None and layer not in seen:
             seen.append(layer)
-        if self.input_sizes:
+        if x is not None:
             layer.input_size = tuple(x.shape[2:]) if x.ndim > 2 else tuple(x.shape[-1:])
         if not self._recording():
             return
-        if self.act_in:
+        # A net counts as run when any of its layers ran (a LightningModule's training_step may call
+        # its children without ever calling the module itself).
+        self.active.add(layer.net)
+        self._snapshot(layer.net)
+        if self.act_in and x is not None:
             self.buffer.add_sums(layer.uid, "act_in", x)
+        if output is None:
+            return
         if self.act_out:
             self.buffer.add_sums(layer.uid, "act_out", output)
         if self.grad_out and output.requires_grad:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from gradscope.record.alerts import AlertMonitor
 from gradscope.record.buffer import PackedStep, copy_to_host
-from gradscope.record.layers import Layer, check_name
+from gradscope.record.layers import Layer, all_targets, check_name
 from gradscope.record.reader import ALERT_COLUMNS, Run, load_run, tidy_table
 from gradscope.record.storage import RunWriter
 from gradscope.record.table import LAYER_COLUMNS, SCALAR_COLUMNS, step_rows
@@ -73,6 +73,7 @@ class Outbox:
     def __init__(self, layers: dict[str, list[Layer]], stats: Sequence[str], monitor: AlertMonitor,
                  writer: RunWriter | None, tensorboard: bool) -> None:
         self.layers, self.stats, self.monitor, self.writer = layers, tuple(stats), monitor, writer
+        self.targets = all_targets(layers)
         self.tensorboard = tensorboard
         self.steps: list[PackedStep] = []
         self.scalars: list[ScalarBatch] = []
@@ -105,7 +106,7 @@ class Outbox:
             parts = [(next(host), slots) for _, slots in record.parts]
             values = np.concatenate([v for v, _ in parts])
             slots = np.concatenate([s for _, s in parts])
-            columns = step_rows(record, values, slots, self.layers, self.stats)
+            columns = step_rows(record, values, slots, self.layers, self.targets, self.stats)
             alerts += self.monitor.check_layers(record.step, record.phase, columns)
             layer_frames.append(pd.DataFrame(columns))
             if self.tensorboard:
@@ -137,7 +138,7 @@ class Outbox:
             self._board = TensorBoardSink(self.writer.path / "tensorboard", purge_step=self.purge_step)
         return self._board
 
-    def flush(self, last_step: int | None, watched: Sequence[Layer]) -> None:
+    def flush(self, last_step: int | None, watched: Sequence[Any]) -> None:
         """Sync, then write files to disk (with weight histograms of ``watched`` in TensorBoard)."""
         self.sync()
         if self.writer is not None:

@@ -13,15 +13,15 @@ from gradscope._checks import check_int_at_least, check_positive
 from gradscope.record.alerts import DEFAULT_RULES, AlertMonitor, AlertRule, print_alert
 from gradscope.record.buffer import PackedStep, StepBuffer
 from gradscope.record.hooks import Observer
-from gradscope.record.layers import Layer, check_name, discover_layers, normalize_models
+from gradscope.record.layers import Layer, all_targets, check_name, discover_layers, normalize_models
 from gradscope.record.outbox import Outbox, scalar_batches
 from gradscope.record.probes import hessian_norms, input_gradient_norms
 from gradscope.record.reader import Run
 from gradscope.record.schedule import Schedule
-from gradscope.record.stats import EXACT, SLOPE_SCALARS, resolve_stats, stats_for
+from gradscope.record.families import FAMILIES, StepContext
+from gradscope.record.stats import SLOPE_SCALARS, resolve_stats
 from gradscope.record.storage import RunWriter
 from gradscope.record.tensorboard import INSTALL_HINT, tensorboard_available
-from gradscope.record.weights import add_exact_stats, add_weight_stats
 
 STATE_FORMAT = 1
 
@@ -65,7 +65,8 @@ class Recorder:
     tensorboard : bool
         Also write TensorBoard events to ``out/tensorboard`` (needs the ``tensorboard`` package).
     alert_printer : callable, optional
-        Shows an alert once (default: one line on stderr; e.g. ``tqdm.write``). ``None`` is silent.
+        Shows each alert event once (default: one line on stderr; e.g. ``tqdm.write``; see
+        :class:`AlertRule` for grouping and cooldown). ``None`` is silent.
     start_step : int
         The first step number (the hooks use it to know whether to collect before the first ``step()``).
 
@@ -101,7 +102,9 @@ class Recorder:
         self.stats = resolve_stats(stats, self.exact_every is not None, self.hessian_every is not None)
         self._want = set(self.stats)
         self.layers: dict[str, list[Layer]] = discover_layers(self.models)
-        self._by_uid = [layer for net in self.layers.values() for layer in net]
+        self._targets = all_targets(self.layers)
+        self._operators = [op for net in self.layers.values() for layer in net for op in layer.operators]
+        self._params = [p for net in self.layers.values() for layer in net for p in layer.params]
         self.hessian_nets = None if hessian_nets is None else tuple(hessian_nets)
         for net in self.hessian_nets or ():
             if net not in self.models:
@@ -178,7 +181,7 @@ class Recorder:
         return self.monitor.latest
 
     def _device(self) -> torch.device:
-        return self._by_uid[0].raw.device
+        return next(p.tensor for net in self.layers.values() for layer in net for p in layer.params).device
 
     def begin(self, step: int, phase: str | None = None) -> None:
         """Announce the step about to run, so the hooks collect exactly when it will be recorded.
@@ -225,28 +228,30 @@ class Recorder:
             for kind, values in self._slopes:
                 names = [template.format(kind=kind) for template in SLOPE_SCALARS]
                 self.outbox.add_scalars(step, names, values)
-        if cheap:
-            add_weight_stats(buffer, layers, self._want, self.observer.weff_grads, self.observer.grad_seen)
-        if exact and stats_for(EXACT, self._want):
-            add_exact_stats(buffer, layers, self._want)
-        if hessian and "hessian_top" in self._want:
-            self._add_hessian(buffer, nets)
+        context = StepContext(buffer, layers, self._want, exact, self.observer.weff_grads, self.observer.grad_seen,
+                              self.observer.snapshots, hessian=lambda: self._hessian_values(nets))
+        for family in FAMILIES:
+            if family.collect is not None and family.due(cheap, exact, hessian) and context.wants(family):
+                family.collect(context)
         if len(buffer):
             self.outbox.add_step(PackedStep(step, phase, tuple(nets), buffer.pack(), dict(buffer.counts)))
 
-    def _add_hessian(self, buffer: StepBuffer, nets: list[str]) -> None:
+    def _hessian_values(self, nets: list[str]) -> dict[int, Tensor]:
+        """``hessian_top`` per operator uid, for the chosen nets (whole-parameter operators only)."""
+        out: dict[int, Tensor] = {}
         for net in nets:
             x = self.observer.inputs.get(net)
             chosen = net in self.hessian_nets if self.hessian_nets is not None else \
                 self.observer.per_sample_output.get(net, False)
             if x is None or not chosen:
                 continue
-            layers = [layer for layer in self.layers[net] if layer.raw.requires_grad]
+            ops = [op for layer in self.layers[net] for op in layer.operators
+                   if not op.operator.label and op.raw.requires_grad]
             with self.paused():
-                values = hessian_norms(self.models[net], x, [layer.raw for layer in layers],
+                values = hessian_norms(self.models[net], x, [op.raw for op in ops],
                                        self.hessian_iterations, self.hessian_tol)
-            for layer, value in zip(layers, values):
-                buffer.add(layer.uid, "hessian_top", value)
+            out.update({op.uid: value for op, value in zip(ops, values)})
+        return out
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -300,7 +305,7 @@ class Recorder:
     # --- moving data to the host and to disk ---------------------------------------------------
     def flush(self) -> None:
         """Copy everything pending to the host and write it to the run directory."""
-        self.outbox.flush(self.schedule.last_step, self._by_uid)
+        self.outbox.flush(self.schedule.last_step, self._params)
         self._calls_since_flush = 0
         self._last_flush_step = self.schedule.last_step
 
@@ -320,7 +325,8 @@ class Recorder:
         self.flush()
         return {"format": STATE_FORMAT, "schedule": self.schedule.state_dict(), "alerts": self.monitor.state_dict(),
                 "layer_order": {net: [layer.name for layer in sorted(layers, key=lambda x: x.order)]
-                                for net, layers in self.layers.items() if net in self.observer.order_known}}
+                                for net, layers in self.layers.items() if net in self.observer.order_known},
+                "spectral": {f"{op.net}/{op.name}": op.spectral.state_dict() for op in self._operators}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` and drop what the run directory holds beyond that state's last step."""
@@ -336,6 +342,11 @@ class Recorder:
             for layer in self.layers[net]:
                 layer.order = position.get(layer.name, len(position) + layer.order)
             self.observer.order_known.add(net)
+        spectral = state.get("spectral", {})
+        for op in self._operators:
+            saved = spectral.get(f"{op.net}/{op.name}")
+            if saved is not None:
+                op.spectral.load_state_dict(saved, op.raw.device)
         self.outbox.discard()
         self._last_flush_step = self.schedule.last_step
         self.outbox.purge_step = None if self.schedule.last_step is None else self.schedule.last_step + 1

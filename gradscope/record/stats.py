@@ -1,14 +1,18 @@
-"""The statistics the recorder can take: names, schedules and meaning, documented in one place.
+"""The statistics the recorder can take: names, schedules and meaning, read from their families.
 
-Every per-layer statistic is stored as a row ``(step, phase, net, layer,
-layer_index, stat, value)``; ``layer_index`` orders a net's layers from input
-to output (the order they first ran in). Each statistic belongs to one
-schedule:
+Each statistic is declared once, in its family (:mod:`gradscope.record.families`),
+and stored as a row ``(step, phase, net, layer, layer_index, stat, value)``.
+The ``layer`` column names the row's *target* (:mod:`gradscope.record.layers`):
+a module path for per-layer statistics, ``<module path>.<parameter>`` for
+per-parameter ones (``param_*``), and the operator's name (the module path for
+a layer's ``weight``) for spectral and weight statistics. ``layer_index`` orders
+a net's layers from input to output (the order they first ran in). Each
+statistic belongs to one schedule:
 
-- ``"cheap"``: taken every ``every`` steps from hooks and buffers, with no
-  host synchronization;
-- ``"exact"``: taken every ``exact_every`` steps (dense SVD and a conv
-  operator norm; these do synchronize);
+- ``"cheap"``: taken every ``every`` steps from hooks, buffers and warm-started
+  power steps, with no host synchronization (``sigma_op`` is solved to
+  convergence on the exact schedule's steps);
+- ``"exact"``: taken every ``exact_every`` steps (dense SVD; these synchronize);
 - ``"hessian"``: taken every ``hessian_every`` steps (Lanczos on Hessian-vector
   products: up to ``hessian_iterations`` extra double-backward passes per layer).
 
@@ -29,42 +33,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gradscope._checks import check_choice
+from gradscope.record.families import CHEAP, EXACT, FAMILIES, HESSIAN
 
-CHEAP, EXACT, HESSIAN = "cheap", "exact", "hessian"
+__all__ = ["CHEAP", "EXACT", "HESSIAN", "SLOPE_SCALARS", "STATS", "StatInfo", "resolve_stats", "stats_for"]
 
 
 @dataclass(frozen=True)
 class StatInfo:
-    """What one statistic is and on which schedule it is taken."""
+    """What one statistic is, which family takes it, on which rows and on which schedule."""
 
     schedule: str
     doc: str
+    family: str = ""
+    target: str = "layer"
 
 
-#: Every per-layer statistic, in the order rows are written.
-STATS: dict[str, StatInfo] = {
-    "sigma": StatInfo(CHEAP, "sigma the normalization divides by, read from its own buffers (normalized layers only)"),
-    "sigma_fwd": StatInfo(CHEAP, "the normalization's running estimate of the forward-reshape sigma (BSN)"),
-    "sigma_bwd": StatInfo(CHEAP, "the normalization's running estimate of the backward-reshape sigma (BSN)"),
-    "gamma": StatInfo(CHEAP, "learnable scale of the normalization (sn-same-gamma / sn-diff-gamma)"),
-    "lecun_ratio": StatInfo(CHEAP, "fan_in * Var(W_eff), W_eff the weight the layer uses (C5; 1 = LeCun)"),
-    "lecun_ratio_raw": StatInfo(CHEAP, "fan_in * Var(W) of the raw, un-normalized weight"),
-    "act_in_mean": StatInfo(CHEAP, "mean of the layer's input activations"),
-    "act_in_var": StatInfo(CHEAP, "variance of the layer's input activations"),
-    "act_out_mean": StatInfo(CHEAP, "mean of the layer's output (pre-activation)"),
-    "act_out_var": StatInfo(CHEAP, "variance of the layer's output (C7 forward ratio)"),
-    "grad_out_norm": StatInfo(CHEAP, "norm of the loss gradient w.r.t. the layer's output (back-propagated gradient)"),
-    "grad_out_var": StatInfo(CHEAP, "variance of the loss gradient w.r.t. the layer's output (C7 backward ratio)"),
-    "grad_in_norm": StatInfo(CHEAP, "norm of the gradient w.r.t. the layer's input flowing through this layer"),
-    "grad_in_var": StatInfo(CHEAP, "variance of the gradient w.r.t. the layer's input flowing through this layer"),
-    "grad_w_raw_norm": StatInfo(CHEAP, "norm of the raw weight's .grad when step() is called (C2)"),
-    "grad_w_eff_norm": StatInfo(CHEAP, "norm of the gradient w.r.t. the effective weight W_eff (C1)"),
-    "sigma_raw_fwd": StatInfo(EXACT, "exact spectral norm of the raw weight's forward reshape (c_out first)"),
-    "sigma_raw_bwd": StatInfo(EXACT, "exact spectral norm of the raw weight's backward reshape (c_in first)"),
-    "sigma_op": StatInfo(EXACT, "operator norm of the layer with W_eff on its real input size (C6)"),
-    "hessian_top": StatInfo(HESSIAN, "||H||_2, the largest |eigenvalue| of the Hessian of mean D(x) in the raw "
-                                      "weight (C3)"),
-}
+#: Every per-layer, per-parameter and per-operator statistic, in the order rows are written
+#: (generated from :data:`gradscope.record.families.FAMILIES`).
+STATS: dict[str, StatInfo] = {name: StatInfo(family.schedule, doc, family.name, family.target)
+                              for family in FAMILIES for name, doc in family.stats.items()}
 
 #: Scalar names written by ``Recorder.record_input_gradients`` (``kind`` is e.g. "real" or "fake").
 SLOPE_SCALARS: tuple[str, ...] = ("slope_{kind}_min", "slope_{kind}_mean", "slope_{kind}_max")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gradscope.record.layers import Layer
+from gradscope.record.layers import ParamTarget
 
 INSTALL_HINT = "TensorBoard output needs the tensorboard package: pip install 'gradscope[tensorboard]'"
 
@@ -43,10 +43,10 @@ class TensorBoardSink:
         for name, value in zip(names, values):
             self.writer.add_scalar(str(name), float(value), int(step))
 
-    def write_histograms(self, layers: Iterable[Layer], step: int) -> None:
-        """Histogram of each layer's raw weight (one host copy per layer, at flush time only)."""
-        for layer in layers:
-            self.writer.add_histogram(f"{layer.net}/weight/{layer.name}", layer.raw.detach().float().cpu(), int(step))
+    def write_histograms(self, params: Iterable[ParamTarget], step: int) -> None:
+        """Histogram of every parameter (one host copy each, at flush time only)."""
+        for param in params:
+            self.writer.add_histogram(f"{param.net}/param/{param.name}", param.tensor.detach().float().cpu(), int(step))
 
     def flush(self) -> None:
         """Write events to disk."""

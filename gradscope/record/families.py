@@ -1,0 +1,351 @@
+"""Every statistic the recorder takes, declared once, by family.
+
+A :class:`Family` is one home for a group of statistics: which rows it
+writes (``target``: per layer, per parameter or per weight operator), where
+it hooks (``hook``), what it accumulates on the device (``sums``: sum and sum
+of squares with an entry count; ``direct``: one value per step), how the host
+turns that into numbers (``derive``), its schedule and its documentation.
+The step buffer's slot layout, the hooks' switches, the host derivations and
+:data:`gradscope.record.STATS` are all generated from :data:`FAMILIES`;
+adding a statistic means adding (or extending) one family here.
+
+Device-side collection happens in ``collect`` (at ``Recorder.step``, for
+``hook="step"`` families) or in the module / tensor hooks (``hook="forward"``
+or ``"backward"``, whose ``sums`` name the tensor they read: ``"input"`` or
+``"output"``). Nothing in a ``collect`` reads a value on the host, except
+on the exact and Hessian schedules, which are allowed to synchronize.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gradscope.linalg import reshape_norms
+from gradscope.record.layouts import CONV
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gradscope.record.buffer import StepBuffer
+    from gradscope.record.layers import Layer
+
+CHEAP, EXACT, HESSIAN = "cheap", "exact", "hessian"
+LAYER, PARAM, OPERATOR = "layer", "param", "operator"
+Derived = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class StepContext:
+    """What a family's ``collect`` sees at ``Recorder.step``."""
+
+    buffer: StepBuffer
+    layers: Sequence[Layer]
+    want: set[str]
+    exact: bool
+    effective_grads: Mapping[int, Tensor]
+    grad_seen: set[int]
+    snapshots: Mapping[int, Tensor]
+    hessian: Callable[[], Mapping[int, Tensor]] = field(default=lambda: {})
+
+    def wants(self, family: Family) -> bool:
+        """Whether any statistic of ``family`` is selected."""
+        return bool(self.want & set(family.stats))
+
+
+class Derivation:
+    """Host-side view of one recorded step: every quantity's sums per target ``uid``."""
+
+    def __init__(self, sums: np.ndarray, hits: np.ndarray, counts: np.ndarray, targets: Sequence[Any]) -> None:
+        self.sums, self.hits, self.counts, self.targets = sums, hits, counts, targets
+
+    def attr(self, name: str, default: float = math.nan) -> np.ndarray:
+        """A target attribute (``fan_in``, ``numel``, ``plain``) as an array over uids."""
+        return np.array([getattr(t, name, default) for t in self.targets], dtype=float)
+
+    def direct(self, quantity: str) -> tuple[np.ndarray, np.ndarray]:
+        """(present, value) of a direct quantity."""
+        q = SLOTS.direct[quantity]
+        return self.hits[:, q], self.sums[:, q]
+
+    def moments(self, quantity: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(present, mean, variance, norm) of a sum quantity."""
+        q = SLOTS.sums[quantity]
+        n = self.counts[:, q]
+        present = self.hits[:, q] & (n > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = self.sums[:, q] / n
+            # E[x^2] - E[x]^2 can dip below zero by rounding; NaN / inf pass through unchanged.
+            var = np.maximum(self.sums[:, q + 1] / n - mean * mean, 0.0)
+        return present, mean, var, np.sqrt(self.sums[:, q + 1])
+
+
+@dataclass(frozen=True)
+class Family:
+    """One group of statistics and everything the recorder needs to take them (see the module docstring)."""
+
+    name: str
+    target: str
+    hook: str
+    schedule: str
+    stats: dict[str, str]
+    derive: Callable[[Derivation], Derived]
+    sums: dict[str, str] = field(default_factory=dict)
+    direct: tuple[str, ...] = ()
+    collect: Callable[[StepContext], None] | None = None
+    # A cheap family whose values are also refined on the exact schedule's steps.
+    refined_on_exact: bool = False
+
+    def due(self, cheap: bool, exact: bool, hessian: bool) -> bool:
+        """Whether the family collects on a step with these schedules due."""
+        return {CHEAP: cheap, EXACT: exact, HESSIAN: hessian}[self.schedule] or (self.refined_on_exact and exact)
+
+
+# --- per-layer forward and backward statistics (hooks) ------------------------------------------
+def _derive_activations(d: Derivation) -> Derived:
+    out: Derived = {}
+    for quantity in ("act_in", "act_out"):
+        present, mean, var, _ = d.moments(quantity)
+        out[f"{quantity}_mean"], out[f"{quantity}_var"] = (present, mean), (present, var)
+    return out
+
+
+def _derive_gradients(d: Derivation) -> Derived:
+    out: Derived = {}
+    for quantity in ("grad_out", "grad_in"):
+        present, _, var, norm = d.moments(quantity)
+        out[f"{quantity}_norm"], out[f"{quantity}_var"] = (present, norm), (present, var)
+    return out
+
+
+ACTIVATIONS = Family(
+    "activations", LAYER, "forward", CHEAP,
+    {"act_in_mean": "mean of the layer's (first, floating-point) input",
+     "act_in_var": "variance of the layer's input",
+     "act_out_mean": "mean of the layer's output (pre-activation; the first tensor of a tuple output)",
+     "act_out_var": "variance of the layer's output (C7 forward ratio)"},
+    _derive_activations, sums={"act_in": "input", "act_out": "output"})
+
+GRADIENTS = Family(
+    "gradients", LAYER, "backward", CHEAP,
+    {"grad_out_norm": "norm of the loss gradient w.r.t. the layer's output (back-propagated gradient)",
+     "grad_out_var": "variance of the loss gradient w.r.t. the layer's output (C7 backward ratio)",
+     "grad_in_norm": "norm of the gradient w.r.t. the layer's input flowing through this layer",
+     "grad_in_var": "variance of the gradient w.r.t. the layer's input flowing through this layer"},
+    _derive_gradients, sums={"grad_out": "output", "grad_in": "input"})
+
+
+# --- per-operator statistics of the weights ------------------------------------------------------
+def _operators(ctx: StepContext) -> list:
+    return [op for layer in ctx.layers for op in layer.operators]
+
+
+def _collect_normalization(ctx: StepContext) -> None:
+    for op in _operators(ctx):
+        param = op.normalization
+        if param is None:
+            continue
+        estimates = param.sigma_estimates()
+        for key in ("sigma", "sigma_bwd"):
+            if key in ctx.want and key in estimates:
+                ctx.buffer.add(op.uid, key, estimates[key])
+        if "gamma" in ctx.want and param.gamma is not None:
+            ctx.buffer.add(op.uid, "gamma", param.gamma)
+
+
+NORMALIZATION = Family(
+    "normalization", OPERATOR, "step", CHEAP,
+    {"sigma": "sigma the normalization divides by, read from its own buffers (normalized layers only)",
+     "sigma_bwd": "the normalization's running estimate of the backward-reshape sigma (BSN)",
+     "gamma": "learnable scale of the normalization (sn-same-gamma / sn-diff-gamma)"},
+    lambda d: {name: d.direct(name) for name in ("sigma", "sigma_bwd", "gamma")},
+    direct=("sigma", "sigma_bwd", "gamma"), collect=_collect_normalization)
+
+
+def _collect_spectral(ctx: StepContext) -> None:
+    fwd, op_norm = "sigma_fwd" in ctx.want, "sigma_op" in ctx.want
+    for op in _operators(ctx):
+        if fwd:
+            own = op.normalization.sigma_estimates().get("sigma_fwd") if op.normalization is not None else None
+            estimate = own if own is not None else op.spectral.forward_step(op.raw_matrix())
+            ctx.buffer.add(op.uid, "sigma_fwd", estimate)
+        if op_norm:
+            # A plain matrix is its own operator: its forward estimate is sigma_op between exact steps.
+            reuse = fwd and not ctx.exact and op.kind != CONV and op.plain and op.normalization is None
+            value = estimate if reuse else op.spectral.operator_step(op, converged=ctx.exact)
+            if value is not None:
+                ctx.buffer.add(op.uid, "sigma_op", value)
+
+
+SPECTRAL = Family(
+    "spectral", OPERATOR, "step", CHEAP,
+    {"sigma_fwd": "spectral norm of the raw weight's forward reshape (c_out first): the normalization's own "
+                  "estimate where it keeps one, else the recorder's warm-started power iteration (one step per "
+                  "recorded step, two matrix-vector products)",
+     "sigma_op": "operator norm of the layer with W_eff on its real input size (C6): a warm-started power "
+                 "step per recorded step, converged on the exact schedule"},
+    lambda d: {name: d.direct(name) for name in ("sigma_fwd", "sigma_op")},
+    direct=("sigma_fwd", "sigma_op"), collect=_collect_spectral, refined_on_exact=True)
+
+
+def _collect_weights(ctx: StepContext) -> None:
+    for op in _operators(ctx):
+        if not op.lecun:
+            continue
+        ctx.buffer.add_sums(op.uid, "w_raw", op.raw_matrix())
+        if op.normalization is not None:
+            ctx.buffer.add(op.uid, "multiplier", op.normalization.multiplier())
+        elif op.layer.foreign and op.layer.last_effective is not None and op.param == "weight":
+            ctx.buffer.add_sums(op.uid, "w_eff", op.matrix(op.layer.last_effective))
+
+
+def _derive_weights(d: Derivation) -> Derived:
+    fan_in, plain = d.attr("fan_in"), d.attr("plain", 0.0) > 0
+    raw_present, _, raw_var, _ = d.moments("w_raw")
+    eff_present, _, eff_var, _ = d.moments("w_eff")
+    mult_present, mult = d.direct("multiplier")
+    # W_eff = multiplier * W for gradscope's normalizations; observed directly for foreign ones.
+    lecun = np.where(mult_present, fan_in * mult * mult * raw_var, fan_in * eff_var)
+    lecun = np.where(plain, fan_in * raw_var, lecun)
+    return {"lecun_ratio_raw": (raw_present, fan_in * raw_var),
+            "lecun_ratio": ((raw_present & (mult_present | plain)) | eff_present, lecun)}
+
+
+WEIGHTS = Family(
+    "weights", OPERATOR, "step", CHEAP,
+    {"lecun_ratio": "fan_in * Var(W_eff), W_eff the weight the layer uses (C5; 1 = LeCun)",
+     "lecun_ratio_raw": "fan_in * Var(W) of the raw, un-normalized weight"},
+    _derive_weights, sums={"w_raw": "step", "w_eff": "step"}, direct=("multiplier",), collect=_collect_weights)
+
+
+def _collect_weight_grads(ctx: StepContext) -> None:
+    with_grad = [op for op in _operators(ctx) if op.param_uid in ctx.grad_seen and op.raw.grad is not None]
+    if with_grad:
+        norms = torch._foreach_norm([op.matrix(op.raw.grad.detach()) for op in with_grad])
+        for op, norm in zip(with_grad, norms):
+            ctx.buffer.add(op.uid, "grad_w_raw_norm", norm)
+    if "grad_w_eff_norm" in ctx.want:
+        for op in _operators(ctx):
+            grad = ctx.effective_grads.get(op.layer.uid) if op.param == "weight" else None
+            if grad is not None:
+                ctx.buffer.add(op.uid, "grad_w_eff_norm", torch.linalg.vector_norm(op.matrix(grad)))
+
+
+def _derive_weight_grads(d: Derivation) -> Derived:
+    plain = d.attr("plain", 0.0) > 0
+    raw_present, raw = d.direct("grad_w_raw_norm")
+    eff_present, eff = d.direct("grad_w_eff_norm")
+    return {"grad_w_raw_norm": (raw_present, raw),
+            "grad_w_eff_norm": (np.where(plain, raw_present, eff_present), np.where(plain, raw, eff))}
+
+
+WEIGHT_GRADS = Family(
+    "weight_grads", OPERATOR, "backward", CHEAP,
+    {"grad_w_raw_norm": "norm of the raw weight's .grad when step() is called (C2)",
+     "grad_w_eff_norm": "norm of the gradient w.r.t. the effective weight W_eff (C1)"},
+    _derive_weight_grads, direct=("grad_w_raw_norm", "grad_w_eff_norm"), collect=_collect_weight_grads)
+
+
+# --- per-parameter statistics ----------------------------------------------------------------------
+def _collect_params(ctx: StepContext) -> None:
+    params = [p for layer in ctx.layers for p in layer.params]
+    if not params:
+        return
+    if "param_norm" in ctx.want or "param_rms" in ctx.want or "param_update_ratio" in ctx.want:
+        for p, norm in zip(params, torch._foreach_norm([p.tensor.detach() for p in params])):
+            ctx.buffer.add(p.uid, "param_norm", norm)
+    if "param_grad_norm" in ctx.want:
+        with_grad = [p for p in params if p.uid in ctx.grad_seen and p.tensor.grad is not None]
+        if with_grad:
+            for p, norm in zip(with_grad, torch._foreach_norm([p.tensor.grad.detach() for p in with_grad])):
+                ctx.buffer.add(p.uid, "param_grad_norm", norm)
+    if "param_update_ratio" in ctx.want:
+        moved = [p for p in params if p.uid in ctx.snapshots]
+        if moved:
+            before = [ctx.snapshots[p.uid] for p in moved]
+            steps = torch._foreach_sub([p.tensor.detach() for p in moved], before)
+            for p, norm, base in zip(moved, torch._foreach_norm(steps), torch._foreach_norm(before)):
+                ctx.buffer.add(p.uid, "param_update_ratio", norm / base)
+    if "param_nonfinite" in ctx.want:
+        for p in params:
+            ctx.buffer.add(p.uid, "param_nonfinite", torch.isfinite(p.tensor.detach()).logical_not().sum().float())
+
+
+def _derive_params(d: Derivation) -> Derived:
+    present, norm = d.direct("param_norm")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rms = norm / np.sqrt(d.attr("numel"))
+    return {"param_norm": (present, norm), "param_rms": (present, rms),
+            "param_grad_norm": d.direct("param_grad_norm"), "param_update_ratio": d.direct("param_update_ratio"),
+            "param_nonfinite": d.direct("param_nonfinite")}
+
+
+PARAMS = Family(
+    "params", PARAM, "step", CHEAP,
+    {"param_norm": "Frobenius norm of the parameter (every trainable parameter; rows named by its path)",
+     "param_rms": "root mean square of the parameter's entries",
+     "param_grad_norm": "norm of the parameter's .grad when step() is called",
+     "param_update_ratio": "||p_after - p_before|| / ||p_before|| over the recorded step (the optimizer's "
+                           "relative update; keeps a copy of the net's parameters during recorded steps)",
+     "param_nonfinite": "number of NaN or infinite entries of the parameter"},
+    _derive_params, direct=("param_norm", "param_grad_norm", "param_update_ratio", "param_nonfinite"),
+    collect=_collect_params)
+
+
+# --- the slower schedules --------------------------------------------------------------------------
+@torch.no_grad()
+def _collect_exact(ctx: StepContext) -> None:
+    for op in _operators(ctx):
+        if op.kind == CONV:
+            fwd, bwd = reshape_norms(op.raw.detach(), transposed=op.layer.transposed)
+        else:
+            fwd, bwd = reshape_norms(op.raw_matrix())
+        if "sigma_raw_fwd" in ctx.want:
+            ctx.buffer.add(op.uid, "sigma_raw_fwd", fwd)
+        if "sigma_raw_bwd" in ctx.want:
+            ctx.buffer.add(op.uid, "sigma_raw_bwd", bwd)
+
+
+EXACT_NORMS = Family(
+    "exact", OPERATOR, "step", EXACT,
+    {"sigma_raw_fwd": "exact spectral norm of the raw weight's forward reshape (c_out first)",
+     "sigma_raw_bwd": "exact spectral norm of the raw weight's backward reshape (c_in first)"},
+    lambda d: {name: d.direct(name) for name in ("sigma_raw_fwd", "sigma_raw_bwd")},
+    direct=("sigma_raw_fwd", "sigma_raw_bwd"), collect=_collect_exact)
+
+
+def _collect_hessian(ctx: StepContext) -> None:
+    for uid, value in ctx.hessian().items():
+        ctx.buffer.add(uid, "hessian_top", value)
+
+
+HESSIAN_TOP = Family(
+    "hessian", OPERATOR, "step", HESSIAN,
+    {"hessian_top": "||H||_2, the largest |eigenvalue| of the Hessian of mean D(x) in the raw weight (C3)"},
+    lambda d: {"hessian_top": d.direct("hessian_top")}, direct=("hessian_top",), collect=_collect_hessian)
+
+#: Every family, in the order their rows are written.
+FAMILIES: tuple[Family, ...] = (NORMALIZATION, SPECTRAL, WEIGHTS, ACTIVATIONS, GRADIENTS, WEIGHT_GRADS, PARAMS,
+                                EXACT_NORMS, HESSIAN_TOP)
+
+
+@dataclass(frozen=True)
+class SlotLayout:
+    """Offsets of every quantity inside a target's block of the step buffer (generated from the families)."""
+
+    sums: dict[str, int]
+    direct: dict[str, int]
+    size: int
+
+
+def _slot_layout(families: Sequence[Family]) -> SlotLayout:
+    sums = list(dict.fromkeys(q for f in families for q in f.sums))
+    direct = list(dict.fromkeys(q for f in families for q in f.direct))
+    return SlotLayout({q: 2 * i for i, q in enumerate(sums)},
+                      {q: 2 * len(sums) + i for i, q in enumerate(direct)}, 2 * len(sums) + len(direct))
+
+
+SLOTS = _slot_layout(FAMILIES)
