@@ -13,8 +13,11 @@ import pandas as pd
 from gradscope.record.storage import TABLES, chunk_files, read_chunk, read_json, read_jsonl
 from gradscope.record.table import LAYER_COLUMNS, SCALAR_COLUMNS
 
-ALERT_COLUMNS: tuple[str, ...] = ("step", "phase", "net", "layer", "rule", "kind", "stat", "value", "threshold",
-                                  "message")
+#: One row per alert event. ``layer`` holds the event's layer (or scalar) names joined by commas (one name
+#: for a one-layer event), ``layers`` the same names as a list, input to output; rows written before
+#: ``layers`` existed read back with ``layers == [layer]``.
+ALERT_COLUMNS: tuple[str, ...] = ("step", "phase", "net", "layer", "layers", "rule", "kind", "stat", "value",
+                                  "threshold", "message")
 _KEYS = {"layers": ["step", "phase", "net", "layer_index", "layer", "stat"], "scalars": ["step", "name"]}
 _COLUMNS = {"layers": LAYER_COLUMNS, "scalars": SCALAR_COLUMNS}
 
@@ -31,7 +34,8 @@ class Run:
     scalars : pandas.DataFrame
         Columns ``step, name, value`` sorted by step and name.
     alerts : pandas.DataFrame
-        One row per alert (``step, phase, net, layer, rule, kind, stat, value, threshold, message``).
+        One row per alert event (``step, phase, net, layer, layers, rule, kind, stat, value, threshold,
+        message``; see :data:`ALERT_COLUMNS`).
     config, provenance, status, architecture : dict
         The JSON files (empty dict when missing).
     """
@@ -132,6 +136,10 @@ def load_run(path: str | os.PathLike, stats: Iterable[str] | None = None) -> Run
     tables = {table: _read_table(root / table, table, chosen) for table in TABLES}
     alert_path = root / "alerts.jsonl"
     alert_rows = read_jsonl(alert_path) if alert_path.exists() else []
+    for row in alert_rows:  # rows from before grouped events name one layer (or none) in "layer"
+        if not isinstance(row.get("layers"), list):
+            layer = row.get("layer")
+            row["layers"] = [layer] if isinstance(layer, str) and layer else []
     alerts = pd.DataFrame(alert_rows, columns=list(ALERT_COLUMNS))
     if len(alerts):
         alerts = alerts.sort_values(["step", "rule", "net", "layer"], kind="mergesort").reset_index(drop=True)
