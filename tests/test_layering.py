@@ -1,4 +1,6 @@
-"""Data flows one way: the library (gradscope/) never imports the analyses built on top of it."""
+"""Data flows one way: the library (gradscope/) never imports the analyses built on top of it, and the
+integrations (gradscope/integrations/, above ``record``) are the only place that imports the optional
+training libraries, while nothing else in gradscope/ imports the integrations."""
 from __future__ import annotations
 
 import ast
@@ -10,13 +12,19 @@ PACKAGE_ROOT = Path(gradscope.__file__).resolve().parent
 FORBIDDEN = "analyses"
 
 
-def _names_top(name: str | None) -> bool:
-    return name is not None and name.split(".")[0] == FORBIDDEN
+INTEGRATIONS = "gradscope.integrations"
+#: Imported by gradscope/integrations/ only (each an optional extra; ``import gradscope`` must stay fast).
+OPTIONAL_LIBRARIES = ("lightning", "pytorch_lightning", "transformers", "accelerate")
 
 
-def forbidden_imports(source: str) -> list[tuple[int, str]]:
+def forbidden_imports(source: str, forbidden: str = FORBIDDEN) -> list[tuple[int, str]]:
     """``(line, module)`` of every ``import analyses...`` / ``from analyses... import`` / literal
-    ``import_module("analyses...")`` / ``__import__("analyses...")`` in ``source``."""
+    ``import_module("analyses...")`` / ``__import__("analyses...")`` in ``source`` (or of ``forbidden``,
+    a dotted module name, and its submodules)."""
+
+    def _names_top(name: str | None) -> bool:
+        return name is not None and (name == forbidden or name.startswith(forbidden + "."))
+
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -65,3 +73,21 @@ def test_no_gradscope_module_imports_analyses():
     offenders = [f"{path.relative_to(PACKAGE_ROOT.parent)}:{line} imports {name}"
                  for path in modules for line, name in forbidden_imports(path.read_text(encoding="utf-8"))]
     assert offenders == []
+
+
+def test_only_the_integrations_import_optional_libraries_and_nothing_imports_the_integrations():
+    integrations = PACKAGE_ROOT / "integrations"
+    assert (integrations / "lightning.py").exists() and (integrations / "transformers.py").exists()
+    offenders = []
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        where = path.relative_to(PACKAGE_ROOT.parent)
+        inside = integrations in path.parents
+        for library in () if inside else OPTIONAL_LIBRARIES:
+            offenders += [f"{where}:{line} imports {name}" for line, name in forbidden_imports(source, library)]
+        # gradscope/__init__.py names ``watch`` lazily (its import sits under TYPE_CHECKING)
+        if not inside and path != PACKAGE_ROOT / "__init__.py":
+            offenders += [f"{where}:{line} imports {name}" for line, name in forbidden_imports(source, INTEGRATIONS)]
+    assert offenders == []
+    assert forbidden_imports("from gradscope.integrations.loop import watch\nimport transformers.trainer\n"
+                             "import gradscope.integrationsx\n", INTEGRATIONS) == [(1, "gradscope.integrations.loop")]

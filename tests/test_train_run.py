@@ -340,3 +340,32 @@ def test_two_processes_give_identical_numbers_whatever_their_thread_setting(tmp_
         assert first.read_bytes() == second.read_bytes(), table
     _assert_same_run(outs["1"], outs["2"], 3)
     assert all(json.loads((out / "config.json").read_text())["cpu_threads"] == 1 for out in outs.values())
+
+
+def test_tensorboard_flag_writes_events_kept_by_resume_and_names_its_extra(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    argv = ["run", "--dataset", "digits", "--batch-size", "4", "--iterations", "2", "--eval-every", "0",
+            "--sample-every", "0", "--exact-every", "0", "--quiet", "--out", str(out)]
+    assert cli.main([*argv, "--tensorboard"]) == 0
+    assert json.loads((out / "config.json").read_text())["tensorboard"] is True
+    assert cli.main(["run", "--resume", str(out), "--iterations", "3", "--quiet"]) == 0  # no flag: kept
+    steps: dict[str, set[int]] = {}
+    for events in sorted((out / "tensorboard").glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            steps.setdefault(tag, set()).update(e.step for e in acc.Scalars(tag))
+    assert steps["loss_d"] == {1, 2, 3}
+    assert any(tag.startswith("D/grad_out_norm/d/") for tag in steps)
+
+    capsys.readouterr()
+    assert cli.main([*argv[:-1], str(tmp_path / "off"), "--tensorboard", "--no-record"]) == 2
+    assert "--tensorboard shows what the recorder records; drop --no-record" in capsys.readouterr().err
+    monkeypatch.setattr("gradscope.record.tensorboard.tensorboard_available", lambda: False)
+    assert cli.main([*argv[:-1], str(tmp_path / "missing"), "--tensorboard"]) == 2
+    assert capsys.readouterr().err.strip() == ("gradscope run: error: --tensorboard: TensorBoard output needs the "
+                                               "tensorboard package: pip install 'gradscope[tensorboard]'")
+    assert not (tmp_path / "missing").exists()

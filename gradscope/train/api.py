@@ -112,6 +112,14 @@ def check_accelerator_options(config: RunConfig, device: torch.device) -> None:
             raise ValueError(f"--compile needs a CUDA device (this run is on {device.type}); drop --compile")
 
 
+def check_tensorboard(config: RunConfig) -> None:
+    """``--tensorboard`` needs the tensorboard package: checked before anything is written, in one line."""
+    from gradscope.record.tensorboard import INSTALL_HINT, tensorboard_available
+
+    if config.tensorboard and not tensorboard_available():
+        raise ValueError(f"--tensorboard: {INSTALL_HINT}")
+
+
 def train(config: RunConfig, *, overwrite: bool = False) -> RunResult:
     """Train a GAN as ``config`` says, into ``config.out`` (default ``runs/<auto-name>``).
 
@@ -150,7 +158,8 @@ def resume(run_dir: str | os.PathLike[str], **changes: Any) -> RunResult:
     """Continue the run in ``run_dir`` from its newest checkpoint, exactly as if it had never stopped.
 
     ``changes`` may set runtime fields only (``iterations`` to train longer,
-    ``device``, ``quiet``, ``data_dir``, ``workers``, ``download``, ``inception_weights``).
+    ``device``, ``quiet``, ``data_dir``, ``workers``, ``download``, ``inception_weights``,
+    ``tensorboard``); the others, ``tensorboard`` included unless changed, are the run's stored ones.
 
     Examples
     --------
@@ -174,6 +183,7 @@ def _agreed_run_dir(config: RunConfig, context: DistContext) -> Path:
 def _execute(config: RunConfig, *, resuming: bool, overwrite: bool) -> RunResult:
     started = time.perf_counter()
     check_inception_weights(config.inception_weights)
+    check_tensorboard(config)
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     check_accelerator_options(config, device)
     context = init_distributed(device.type)
@@ -233,7 +243,7 @@ def _train(config: RunConfig, dataset, device: torch.device, context: DistContex
         if context.is_main and config.record:
             recorder = Recorder({"D": trainer.D, "G": trainer.G}, every=config.record_every,
                                 exact_every=config.exact_every or None, slopes_every=config.slopes_every,
-                                out=writer, flush_every=config.flush_every,
+                                out=writer, flush_every=config.flush_every, tensorboard=config.tensorboard,
                                 alert_printer=None if config.quiet else progress.write, start_step=start + 1)
             trainer.attach_recorder(recorder)
         if payload is not None:

@@ -79,8 +79,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="TOML file of settings; keys mirror the flags (e.g. lr-d = 1e-4); flags override it")
     parser.add_argument("--resume", metavar="DIR", default=argparse.SUPPRESS,
                         help="continue the run in DIR from its newest checkpoint, exactly; only --iterations, "
-                             "--device, --quiet, --data-dir, --workers, --download and --inception-weights may "
-                             "be given with it")
+                             "--device, --quiet, --data-dir, --workers, --download, --inception-weights and "
+                             "--tensorboard may be given with it")
     parser.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
                         help="replace the run already in --out (only gradscope's files are removed; without it "
                              "nothing on disk is overwritten)")

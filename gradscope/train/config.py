@@ -46,7 +46,7 @@ REFERENCE_WIDTH = 1.0
 #: Fields that say where and how a run executes, not what it computes: they may
 #: differ between an interrupted run and its continuation.
 RUNTIME_FIELDS: frozenset[str] = frozenset(
-    {"out", "device", "data_dir", "download", "workers", "quiet", "iterations", "inception_weights"})
+    {"out", "device", "data_dir", "download", "workers", "quiet", "iterations", "inception_weights", "tensorboard"})
 #: What ``--inception-weights`` must hold; named in its help and in the error for a missing file.
 INCEPTION_WEIGHTS_FILE = "torch-fidelity's pt_inception-2015-12-05 weights (weights-inception-2015-12-05-6726825d.pth)"
 INCEPTION_WEIGHTS_HELP = (f"local file of {INCEPTION_WEIGHTS_FILE}, for Inception FID / IS / KID without a "
@@ -132,6 +132,8 @@ class RunConfig:
     exact_every: int = _opt(200, "compute the exact spectral norms (conv operator norms) every N iterations "
                                 "(0: never)")
     flush_every: int = _opt(50, "write recorded data to disk at least every N iterations")
+    tensorboard: bool = _opt(False, "also write the recorded statistics and losses as TensorBoard events to "
+                                    "<out>/tensorboard (pip install 'gradscope[tensorboard]'); kept by --resume")
     device: str = _opt("auto", "cpu, cuda, mps, or auto (cuda when available, else cpu)")
     amp: str = _opt("none", "mixed precision on CUDA: none or bf16 (rejected on CPU, where results must "
                             "not change)")
@@ -209,9 +211,11 @@ class RunConfig:
             if not isinstance(self.inception_weights, (str, os.PathLike)) or not str(self.inception_weights):
                 raise ValueError(f"inception_weights must be a file path, got {self.inception_weights!r}")
             set_(self, "inception_weights", str(self.inception_weights))
-        for name in ("record", "download", "compile", "quiet"):
+        for name in ("record", "download", "compile", "quiet", "tensorboard"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.tensorboard and not self.record:
+            raise ValueError("--tensorboard shows what the recorder records; drop --no-record or --tensorboard")
         if self.norm == "none" and self.scale != 1.0:
             raise ValueError(f"--scale {self.scale:g} needs a normalization; --norm none leaves D's weights as they are")
         if self.slopes_every is not None and self.slopes_every % self.record_every:
