@@ -9,12 +9,15 @@ what is observed -> what is concluded):
 - exact spectral norms: :mod:`gradscope.linalg` (:func:`reshape_norms`,
   :func:`conv_operator_norm`, :func:`rmt_spectral_norm`);
 - models and data: :func:`build_pair`, :func:`load_dataset`;
-- recording: :class:`Recorder`, :class:`AlertRule`, :func:`load_run`;
+- recording: :class:`Recorder`, :class:`AlertRule`, :func:`load_run`, and :func:`watch` for a plain
+  training loop (the Lightning and Hugging Face callbacks are in :mod:`gradscope.integrations`, so
+  that their libraries are imported only where they are used);
 - training: :class:`RunConfig`, :func:`resume` and ``gradscope.train.train(config)`` (the
   sub-package ``gradscope.train`` holds the trainer, so the function is not re-exported);
 - sample quality: :func:`evaluate_generator`, :func:`frechet_distance`,
   :func:`inception_score`, :func:`kernel_inception_distance`, :func:`mode_metrics`;
-- figures and reports from recorded runs: :func:`plot_runs`, :func:`write_report`.
+- figures and reports from recorded runs: :func:`plot_runs`, :func:`plot_gradient_flow`,
+  :func:`write_report`.
 
 Names are imported on first use, so ``import gradscope`` (and the CLI) start fast.
 
@@ -61,6 +64,7 @@ _EXPORTS: dict[str, str] = {
     "Run": "gradscope.record",
     "RunWriter": "gradscope.record",
     "load_run": "gradscope.record",
+    "watch": "gradscope.integrations.loop",
     "RunConfig": "gradscope.train",
     "RunResult": "gradscope.train",
     "resume": "gradscope.train",
@@ -70,6 +74,7 @@ _EXPORTS: dict[str, str] = {
     "kernel_inception_distance": "gradscope.metrics",
     "mode_metrics": "gradscope.metrics",
     "plot_runs": "gradscope.plot.runs",
+    "plot_gradient_flow": "gradscope.plot.flow",
     "write_report": "gradscope.plot.report",
 }
 
@@ -78,10 +83,12 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gradscope.data import DATASETS, load_dataset
     from gradscope.init import INIT_SCHEMES, init_
+    from gradscope.integrations.loop import watch
     from gradscope.linalg import conv_operator_norm, reshape_norms, rmt_spectral_norm
     from gradscope.metrics import (evaluate_generator, frechet_distance, inception_score,
                                    kernel_inception_distance, mode_metrics)
     from gradscope.models import ARCHS, build_pair
+    from gradscope.plot.flow import plot_gradient_flow
     from gradscope.plot.report import write_report
     from gradscope.plot.runs import plot_runs
     from gradscope.norms import (NORMS, SpectralParametrization, effective_weight, normalize,

@@ -69,10 +69,17 @@ def lecun_prediction(weight_shape: Sequence[int], fan_in: float, transposed: boo
     return float(fan_in) / rmt_spectral_norm(weight_shape, 1.0, transposed=transposed) ** 2
 
 
-def layer_prediction_table(architecture: Mapping[str, Any], net: str) -> dict[str, float]:
-    """Layer name -> :func:`lecun_prediction` from a run's ``architecture.json`` entry for ``net``."""
+def layer_prediction_table(architecture: Mapping[str, Any], net: str, normalized_only: bool = False
+                           ) -> dict[str, float]:
+    """Layer name -> :func:`lecun_prediction` from a run's ``architecture.json`` entry for ``net``.
+
+    With ``normalized_only``, only layers that carry a normalization: the prediction is for a weight
+    divided by its sigma, so it says nothing about a plain layer.
+    """
     out = {}
     for info in architecture.get(net, []):
+        if normalized_only and not info.get("normalization"):
+            continue
         transposed = "Transpose" in str(info.get("type", ""))
         shape = info.get("weight_shape")
         if shape and len(shape) >= 2 and info.get("fan_in"):

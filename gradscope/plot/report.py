@@ -123,7 +123,8 @@ def find_analyses(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def build_report(runs: Sequence[str | os.PathLike] = (), analyses: Sequence[str | os.PathLike] = (), *,
-                 title: str = "gradscope report", net: str = "D", figures: Sequence[str] = FIGURES) -> str:
+                 title: str = "gradscope report", net: str | None = None, figures: Sequence[str] = FIGURES,
+                 loss_name: str | None = None) -> str:
     """The report as one HTML string.
 
     Parameters
@@ -134,10 +135,12 @@ def build_report(runs: Sequence[str | os.PathLike] = (), analyses: Sequence[str 
         Analysis outputs holding ``result.json`` (or folders of them, e.g. a ``reproduce --out`` directory).
     title : str
         Page title.
-    net : str
-        Which net's layers the run figures show.
+    net : str, optional
+        Which net's layers the run figures show (default ``D`` when recorded, else the only net).
     figures : sequence of str
         Which standard run figures to embed (default all of :data:`gradscope.plot.runs.FIGURES`).
+    loss_name : str, optional
+        What the loss ``L`` of a non-GAN run is, written on the gradient axes.
     """
     if not runs and not analyses:
         raise ValueError("give at least one run directory or analysis directory")
@@ -149,7 +152,7 @@ def build_report(runs: Sequence[str | os.PathLike] = (), analyses: Sequence[str 
         body += [_run_section(item) for item in loaded]
         body.append("<h2>Figures</h2>")
         with tempfile.TemporaryDirectory(prefix="gradscope-report-") as tmp:
-            written = plot_runs(loaded, tmp, net=net, figures=figures)
+            written = plot_runs(loaded, tmp, net=net, figures=figures, loss_name=loss_name)
             for name, paths in written.items():
                 pngs = [p for p in paths if p.suffix == ".png"]
                 if pngs:

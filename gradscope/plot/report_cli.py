@@ -22,7 +22,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--analyses", nargs="+", default=[], metavar="DIR",
                         help="analysis output directories (from reproduce/check --out) whose verdicts to include")
     parser.add_argument("--title", default="gradscope report", help="page title")
-    parser.add_argument("--net", default="D", help="recorded net whose layers the figures show")
+    parser.add_argument("--net", default=None,
+                        help="recorded net whose layers the figures show; None: D if recorded, else the only net")
+    parser.add_argument("--loss-name", default=None, metavar="NAME",
+                        help="what the loss L is (e.g. cross-entropy), written on the gradient axes")
     parser.add_argument("--figures", default=",".join(FIGURES), help="comma-separated run figures to embed")
 
 
@@ -34,6 +37,6 @@ def execute(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"no run or analysis directory {path}")
         (analyses if find_analyses([path]) else runs).append(path)
     path = write_report(args.out, runs, analyses, title=args.title, net=args.net,
-                        figures=parse_figures(args.figures))
+                        figures=parse_figures(args.figures), loss_name=args.loss_name)
     print(path)
     return 0

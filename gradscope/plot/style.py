@@ -20,6 +20,8 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from gradscope.plot.ticks import log_scale, mark_not_recorded  # noqa: E402,F401  (re-exported)
+
 #: Okabe-Ito palette: distinguishable under the common colour-vision deficiencies.
 PALETTE: tuple[str, ...] = (
     "#0072B2",  # blue
@@ -75,8 +77,8 @@ def series_style(index: int) -> dict[str, str]:
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, panel_size: tuple[float, float] = (3.6, 2.7),
-               title: str | None = None, sharex: bool = False, sharey: bool = False
-               ) -> tuple[Figure, np.ndarray]:
+               title: str | None = None, sharex: bool = False, sharey: bool = False,
+               height_ratios: Sequence[float] | None = None) -> tuple[Figure, np.ndarray]:
     """A figure with the project style and a 2-D array of axes.
 
     Parameters
@@ -89,6 +91,9 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, panel_size: tuple[float, float
         Figure title (say what the figure shows).
     sharex, sharey : bool
         Passed to :func:`matplotlib.pyplot.subplots`.
+    height_ratios : sequence of float, optional
+        Relative row heights (``nrows`` of them); the figure height is then
+        ``panel_size[1] * sum(height_ratios)``.
 
     Returns
     -------
@@ -103,10 +108,13 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, panel_size: tuple[float, float
     """
     if nrows < 1 or ncols < 1:
         raise ValueError(f"nrows and ncols must be >= 1, got {nrows}, {ncols}")
+    if height_ratios is not None and len(height_ratios) != nrows:
+        raise ValueError(f"height_ratios needs {nrows} values (one per row), got {len(height_ratios)}")
+    height = panel_size[1] * (sum(height_ratios) if height_ratios is not None else nrows)
     with plt.rc_context(_RC):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows),
-                                 squeeze=False, sharex=sharex, sharey=sharey,
-                                 layout="constrained")
+        fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, height),
+                                 squeeze=False, sharex=sharex, sharey=sharey, layout="constrained",
+                                 gridspec_kw={"height_ratios": list(height_ratios)} if height_ratios else None)
     for ax in axes.flat:
         _apply_axes_style(ax)
     if title:
@@ -124,26 +132,16 @@ def _apply_axes_style(ax: Axes) -> None:
 
 def label_axes(ax: Axes, xlabel: str, ylabel: str, title: str | None = None, *,
                logx: bool = False, logy: bool = False) -> None:
-    """Label both axes (with units), set the panel title and optional log scales."""
+    """Label both axes (with units), set the panel title and optional log scales (readable decade ticks)."""
     ax.set_xlabel(xlabel, fontsize=_RC["axes.labelsize"])
-    ax.set_ylabel(ylabel, fontsize=_RC["axes.labelsize"])
+    # a second line (what the loss is) must not touch the subscripts of the first
+    ax.set_ylabel(ylabel, fontsize=_RC["axes.labelsize"], linespacing=1.6)
     if title:
         ax.set_title(title, fontsize=_RC["axes.titlesize"])
     if logx:
-        ax.set_xscale("log")
+        log_scale(ax, "x")
     if logy:
-        ax.set_yscale("log")
-    _quiet_minor_labels(ax)
-
-
-def _quiet_minor_labels(ax: Axes) -> None:
-    # matplotlib labels minor log ticks on short ranges; beyond a decade they collide with the major labels
-    from matplotlib.ticker import NullFormatter
-
-    for axis, limits in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
-        low, high = sorted(limits)
-        if axis.get_scale() == "log" and low > 0 and high / low >= 10:
-            axis.set_minor_formatter(NullFormatter())
+        log_scale(ax, "y")
 
 
 def wants_log(values: Iterable[float], decades: float = 1.5) -> bool:
@@ -163,20 +161,38 @@ def theory_line(ax: Axes, y: float, label: str, *, index: int = 0) -> None:
 
 def legend(ax: Axes, **kwargs) -> None:
     """A compact legend, only when the panel has labelled artists."""
-    handles, labels = ax.get_legend_handles_labels()
+    handles, _ = ax.get_legend_handles_labels()
     if handles:
         ax.legend(frameon=False, fontsize=_RC["legend.fontsize"], **kwargs)
 
 
-def figure_legend(fig: Figure, ax: Axes, ncol: int | None = None) -> None:
+def figure_legend(fig: Figure, ax: Axes, ncol: int | None = None, *, axes: Iterable[Axes] | None = None,
+                  title: str | None = None, loc: str = "outside lower center") -> None:
     """One legend for the whole figure, below the panels, from ``ax``'s labelled artists.
 
     Used by grids of small panels where a legend inside a panel would hide data.
+    With ``axes``, the labelled artists of all of them are gathered (each label
+    once), so a series drawn only in a later panel is still in the legend.
     """
-    handles, labels = ax.get_legend_handles_labels()
+    handles, labels = [], []
+    for each in ([ax] if axes is None else axes):
+        for handle, label in zip(*each.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=ncol or min(len(labels), 4),
-                   frameon=False, fontsize=_RC["legend.fontsize"])
+        if ncol is None:
+            # as many columns as fit across the figure (a clipped legend entry is worse than a second row)
+            entry = 0.065 * max(len(label) for label in labels) + 0.5
+            ncol = max(1, min(len(labels), 4, int(fig.get_figwidth() // entry)))
+        fig.legend(handles, labels, loc=loc, ncol=ncol, title=title,
+                   frameon=False, fontsize=_RC["legend.fontsize"], title_fontsize=_RC["legend.fontsize"])
+
+
+def close_all(figures: Iterable[Figure]) -> None:
+    """Close ``figures`` (after an error, so a half-drawn set does not stay in pyplot's memory)."""
+    for fig in figures:
+        plt.close(fig)
 
 
 def integer_ticks(ax: Axes, axis: str = "x") -> None:
