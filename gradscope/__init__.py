@@ -9,7 +9,8 @@ what is observed -> what is concluded):
 - exact spectral norms: :mod:`gradscope.linalg` (:func:`reshape_norms`,
   :func:`conv_operator_norm`, :func:`rmt_spectral_norm`);
 - models and data: :func:`build_pair`, :func:`load_dataset`;
-- recording: :class:`Recorder`, :class:`AlertRule`, :func:`load_run`, and :func:`watch` for a plain
+- recording: :class:`Recorder`, :class:`AlertRule`, :func:`load_run`, :func:`register_layout` (with
+  :class:`Operator`) for your own layer types, and :func:`watch` for a plain
   training loop (the Lightning and Hugging Face callbacks are in :mod:`gradscope.integrations`, so
   that their libraries are imported only where they are used);
 - training: :class:`RunConfig`, :func:`resume` and ``gradscope.train.train(config)`` (the
@@ -64,6 +65,8 @@ _EXPORTS: dict[str, str] = {
     "Run": "gradscope.record",
     "RunWriter": "gradscope.record",
     "load_run": "gradscope.record",
+    "register_layout": "gradscope.record",
+    "Operator": "gradscope.record",
     "watch": "gradscope.integrations.loop",
     "RunConfig": "gradscope.train",
     "RunResult": "gradscope.train",
@@ -93,7 +96,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gradscope.plot.runs import plot_runs
     from gradscope.norms import (NORMS, SpectralParametrization, effective_weight, normalize,
                                  parametrization_of, raw_weight)
-    from gradscope.record import STATS, AlertRule, Recorder, Run, RunWriter, load_run
+    from gradscope.record import STATS, AlertRule, Operator, Recorder, Run, RunWriter, load_run, register_layout
     from gradscope.train import RunConfig, RunResult, resume
 
 

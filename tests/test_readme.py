@@ -33,6 +33,9 @@ def test_two_setup_commands_install_then_run_the_job_and_the_tests():
     assert install_and_test.strip().endswith("python -m pytest -q -x tests")
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert "python -m pytest -q -x" in ci and ci.rstrip().endswith("tests")
+    # CI installs at least the extras the README's test command installs, so both run the same tests.
+    extras = lambda text: set(re.search(r'-e "\.\[([a-z,]+)\]"', text).group(1).split(","))
+    assert {"test", "lightning", "transformers", "tensorboard"} <= extras(install_and_test) <= extras(ci)
 
 
 def test_the_training_loop_examples_run_and_write_their_runs(tmp_path):

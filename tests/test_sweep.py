@@ -195,3 +195,15 @@ def test_dry_run_prints_the_grid_and_an_estimate(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "norm=bsn_seed=1" in out and "4 runs, 40 training iterations" in out
     assert not (tmp_path / "o" / "runs").exists()
+
+
+def test_a_setting_added_after_a_run_was_made_counts_as_its_current_default():
+    from gradscope.sweep.summarize import fixed_settings, unlike_majority
+    from gradscope.train import RunConfig
+
+    new = RunConfig(dataset="ring8").to_dict()
+    old = {k: v for k, v in new.items() if k not in ("power_schedule", "d_layout")}  # written before they existed
+    odd = {**new, "power_schedule": "authors"}
+    settings = {name: fixed_settings(config, {"gradscope": "0.1.0"}, {"seed"})
+                for name, config in (("old", old), ("new", new), ("new2", new), ("odd", odd))}
+    assert unlike_majority(settings) == {"old": "", "new": "", "new2": "", "odd": "power-schedule authors vs torch"}

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from gradscope.record.storage import TABLES, chunk_files, read_chunk, read_json, read_jsonl
+from gradscope.record.stats import STATS
 from gradscope.record.table import LAYER_COLUMNS, SCALAR_COLUMNS
 
 #: One row per alert event. ``layer`` holds the event's layer (or scalar) names joined by commas (one name
@@ -50,9 +51,15 @@ class Run:
     architecture: dict[str, Any] = field(default_factory=dict)
 
     def layer_order(self, net: str) -> list[str]:
-        """The net's layer names from input to output."""
-        rows = self.layers[self.layers["net"] == net][["layer_index", "layer"]].drop_duplicates()
-        return rows.sort_values("layer_index")["layer"].tolist()
+        """The net's layer names (modules, not parameters or operator slices) from input to output."""
+        rows = self.layers[self.layers["net"] == net]
+        per_parameter = [name for name, info in STATS.items() if info.target == "param"]
+        rows = rows[~rows["stat"].isin(per_parameter)]
+        names = set(rows[rows["stat"].isin([n for n, i in STATS.items() if i.target == "layer"])]["layer"])
+        if names:  # operator rows such as 'attn.in_proj_weight[q]' are not layers
+            rows = rows[rows["layer"].isin(names)]
+        rows = rows[["layer_index", "layer"]].drop_duplicates()
+        return rows.sort_values("layer_index", kind="stable")["layer"].tolist()
 
     def stat(self, stat: str, net: str | None = None, phase: str | None = None) -> pd.DataFrame:
         """One statistic as a wide table: one row per step, one column per layer (input to output).

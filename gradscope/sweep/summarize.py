@@ -30,7 +30,7 @@ from gradscope.plot import style
 from gradscope.record import load_run
 from gradscope.sweep.manifest import Manifest
 from gradscope.sweep.runner import run_dir_of
-from gradscope.train.config import RUNTIME_FIELDS
+from gradscope.train.config import FIELD_NAMES, RUNTIME_FIELDS, RunConfig
 
 logger = logging.getLogger("gradscope.sweep")
 
@@ -70,9 +70,21 @@ def run_row(run_id: str, run_dir: Path, entry) -> dict:
     return row
 
 
+def _as_current(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's settings as today's code reads them: a setting added after the run was made takes the
+    default it has now (which, by the project's rule, is the behaviour the older code had)."""
+    fields = {k: v for k, v in config.items() if k in FIELD_NAMES}
+    try:
+        resolved = RunConfig.from_dict(fields).to_dict()
+    except (TypeError, ValueError):
+        return config
+    return {**config, **resolved}
+
+
 def fixed_settings(config: dict[str, Any], provenance: dict[str, Any], grid_keys: set[str]) -> dict[str, Any]:
     """What should be equal across a sweep's runs: the run's settings outside the grid, and its code version."""
     varied = {key.replace("-", "_") for key in grid_keys}
+    config = _as_current(config)
     settings = {k: v for k, v in config.items() if k not in PER_RUN_KEYS and k not in varied}
     settings["code"] = provenance.get("git_commit") or provenance.get("gradscope")
     return settings
