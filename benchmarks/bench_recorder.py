@@ -1,7 +1,8 @@
 """Cost of the recorder on the SNDCGAN GAN step (one D update + one G update), measured side by side.
 
-Variants run interleaved in one process on the same models, in rotating
-order, so machine load drifts hit them alike:
+Variants run interleaved in one process on the same models, in blocks of steps in
+a new seeded order each round, each block after an untimed lead-in step, so machine
+load drifts hit them alike (the loop is ``interleave.py``'s):
 
 - ``off``: no recorder attached;
 - ``every1``: every cheap statistic every step (flushing to a run directory every 100 steps);
@@ -10,10 +11,12 @@ order, so machine load drifts hit them alike:
 - ``every1+slopes10``: every cheap statistic every step, the input-gradient norms every 10th step;
 - ``every10``: every cheap statistic every 10th step.
 
-Reports each variant's median and mean wall time per step and median process CPU time per step,
-with ratios to ``off`` (CPU time is the steadier measure on a shared machine; use ``--threads 1``
-there so that idle OpenMP threads do not spin).
-Targets (issue 3): every1 <= 1.15x on CPU (1.10x on GPU), every10 <= 1.03x.
+Reports each variant's median wall time and median process CPU time per step, the amortized CPU
+time (the recorder's buffered writes included), with ratios to ``off`` (CPU time is the steadier
+measure on a shared machine; use ``--threads 1`` there so that idle OpenMP threads do not spin),
+and the rows and disk space the recorder wrote. Targets (issue 3): every1 <= 1.15x on CPU (1.10x
+on GPU), every10 <= 1.03x. ``bench_recorder_models.py`` compares the same recorder on other models
+and against plain gradient-norm and TensorBoard-histogram logging.
 
 Run::
 
@@ -22,19 +25,22 @@ Run::
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from gradscope.models import SNDCGANDiscriminator, SNDCGANGenerator
-from gradscope.record import Recorder
+
+from interleave import (Probe, RecorderProbe, add_timing_arguments, interleave, make_probes, parse_timing_arguments,
+                        report)
+
+VARIANTS = ("off", "every1", "every1+slopes", "every1+slopes10", "every10")
 
 
 def make_gan(norm: str, image_size: int, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The SNDCGAN pair at ``image_size``, D normalized by ``norm`` (``"none"``: not at all), seeded."""
     torch.manual_seed(0)
     disc, gen = SNDCGANDiscriminator(image_size=image_size), SNDCGANGenerator(image_size=image_size)
     if norm != "none":
@@ -45,118 +51,72 @@ def make_gan(norm: str, image_size: int, device: torch.device) -> tuple[torch.nn
 
 
 def make_step(disc: torch.nn.Module, gen: torch.nn.Module, batch: int, image_size: int,
-              device: torch.device) -> Callable[[int, Recorder | None, bool], None]:
+              device: torch.device) -> Callable[[int, Probe], None]:
+    """One GAN step (hinge loss, Adam): a D update then a G update, calling the probe's hooks."""
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.999))
     opt_g = torch.optim.Adam(gen.parameters(), lr=1e-4, betas=(0.5, 0.999))
     real = torch.rand(batch, 3, image_size, image_size, device=device) * 2 - 1
 
-    def gan_step(it: int, rec: Recorder | None, slopes: bool) -> None:
-        # D update (hinge loss), real and fake in one forward pass as gradscope's trainer does.
-        if rec is not None:
-            rec.begin(it, "d")
+    def gan_step(it: int, probe: Probe) -> None:
+        # D update, real and fake in one forward pass as gradscope's trainer does.
+        probe.begin(it, "d")
         z = torch.randn(batch, gen.z_dim, device=device)
         with torch.no_grad():
             fake = gen(z)
-        slopes = slopes and rec is not None and rec.collecting_slopes
+        slopes = probe.wants_input_gradients
         x_real, x_fake = real.detach().requires_grad_(slopes), fake.requires_grad_(slopes)
         logits = disc(torch.cat([x_real, x_fake]))
         d_real, d_fake = logits[:batch], logits[batch:]
         loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
         if slopes:
-            rec.record_input_gradients("D", [x_real, x_fake], [d_real, d_fake], kind=["real", "fake"])
+            probe.input_gradients("D", [x_real, x_fake], [d_real, d_fake], ["real", "fake"])
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
+        probe.after_backward(disc, "d")
         opt_d.step()
-        if rec is not None:
-            rec.log_scalars(it, {"loss_d": loss_d, "d_real": d_real.mean(), "d_fake": d_fake.mean()})
-            rec.step(it, "d")
-            rec.begin(it, "g")
+        probe.scalars(it, {"loss_d": loss_d, "d_real": d_real.mean(), "d_fake": d_fake.mean()})
+        probe.after_step(it, "d", disc)
+        probe.begin(it, "g")
         # G update; D's parameters are frozen so the G step computes no D weight gradients.
         for p in disc.parameters():
             p.requires_grad_(False)
         opt_g.zero_grad(set_to_none=True)
         loss_g = -disc(gen(torch.randn(batch, gen.z_dim, device=device))).mean()
         loss_g.backward()
+        probe.after_backward(gen, "g")
         opt_g.step()
         for p in disc.parameters():
             p.requires_grad_(True)
-        if rec is not None:
-            rec.log_scalars(it, {"loss_g": loss_g})
-            rec.step(it, "g")
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        probe.scalars(it, {"loss_g": loss_g})
+        probe.after_step(it, "g", gen)
 
     return gan_step
 
 
+def recorder_probe(name: str, models: dict[str, torch.nn.Module], out: str) -> Probe:
+    """The probe of one of :data:`VARIANTS`."""
+    if name == "off":
+        return Probe()
+    every = 10 if name == "every10" else 1
+    slopes_every = 10 if name.endswith("slopes10") else None
+    return RecorderProbe(models, f"{out}/{name}", every=every, slopes="slopes" in name, slopes_every=slopes_every)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=12, help="interleaved rounds per variant")
-    parser.add_argument("--steps", type=int, default=4, help="GAN steps per round (timed together)")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--image-size", type=int, default=32)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_timing_arguments(parser, VARIANTS, rounds=12, steps=4)
+    parser.add_argument("--batch", type=int, default=64, help="real (and fake) images per D step")
+    parser.add_argument("--image-size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--norm", default="sn", help="normalization of D (none, sn, bsn, ...)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--variants", default="off,every1,every1+slopes,every1+slopes10,every10")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    args, names, device = parse_timing_arguments(parser, VARIANTS)
     disc, gen = make_gan(args.norm, args.image_size, device)
     gan_step = make_step(disc, gen, args.batch, args.image_size, device)
-    out = tempfile.mkdtemp(prefix="bench-recorder-")
-    names = args.variants.split(",")
-    recorders: dict[str, Recorder | None] = {
-        "off": None,
-        "every1": Recorder({"D": disc, "G": gen}, every=1, out=f"{out}/every1", alert_printer=None),
-        "every1+slopes": Recorder({"D": disc, "G": gen}, every=1, out=f"{out}/slopes", alert_printer=None),
-        "every1+slopes10": Recorder({"D": disc, "G": gen}, every=1, slopes_every=10, out=f"{out}/slopes10",
-                                    alert_printer=None),
-        "every10": Recorder({"D": disc, "G": gen}, every=10, out=f"{out}/every10", alert_printer=None),
-    }
-    counters = {name: 0 for name in names}
-    times: dict[str, list[float]] = {name: [] for name in names}
-    cpu: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(2):  # warm-up (allocator, first-call costs) for every variant
-        for name in names:
-            rec = recorders[name]
-            if rec is not None:
-                rec.attach()
-            gan_step(counters[name], rec, "slopes" in name)
-            counters[name] += 1
-            if rec is not None:
-                rec.detach()
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            rec = recorders[name]
-            if rec is not None:
-                rec.attach()
-            # Variants with a 10-step period must see whole periods to be measured at their average cost.
-            n = 10 if name.endswith("10") else args.steps
-            start, start_cpu = time.perf_counter(), time.process_time()
-            for _ in range(n):
-                gan_step(counters[name], rec, "slopes" in name)
-                counters[name] += 1
-            times[name].append((time.perf_counter() - start) / n)
-            cpu[name].append((time.process_time() - start_cpu) / n)
-            if rec is not None:
-                rec.detach()
-    for rec in recorders.values():
-        if rec is not None:
-            rec.close()
-    base = statistics.median(times["off"]) if "off" in times else float("nan")
-    print(f"SNDCGAN GAN step (D+G), batch {args.batch}, {args.image_size}x{args.image_size}, norm {args.norm}, "
-          f"device {device}, threads {torch.get_num_threads()}, rounds {args.rounds}")
-    mean_base = statistics.fmean(times["off"]) if "off" in times else float("nan")
-    cpu_base = statistics.median(cpu["off"]) if "off" in cpu else float("nan")
-    print(f"{'variant':<16}{'median wall ms':>15}{'ratio':>7}{'mean wall ms':>14}{'ratio':>7}"
-          f"{'median CPU ms':>15}{'ratio':>7}")
-    for name in names:
-        med, mean, med_cpu = statistics.median(times[name]), statistics.fmean(times[name]), statistics.median(cpu[name])
-        print(f"{name:<16}{med * 1e3:>15.1f}{med / base:>7.3f}{mean * 1e3:>14.1f}{mean / mean_base:>7.3f}"
-              f"{med_cpu * 1e3:>15.1f}{med_cpu / cpu_base:>7.3f}")
+    with tempfile.TemporaryDirectory(prefix="bench-recorder-") as out:
+        probes = make_probes(names, lambda name: recorder_probe(name, {"D": disc, "G": gen}, out))
+        results = interleave(gan_step, probes, args.rounds, args.steps, device)
+    print(report(f"SNDCGAN GAN step (D+G), batch {args.batch}, {args.image_size}x{args.image_size}, norm {args.norm}, "
+                 f"device {device}, threads {torch.get_num_threads()}, rounds {args.rounds}", results))
 
 
 if __name__ == "__main__":

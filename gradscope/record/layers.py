@@ -99,8 +99,22 @@ class Layer:
         return info
 
 
+class _PartOfLayer:
+    """A target that lives inside a :class:`Layer`: it shares the layer's net and position."""
+
+    layer: Layer
+
+    @property
+    def net(self) -> str:
+        return self.layer.net
+
+    @property
+    def order(self) -> int:
+        return self.layer.order
+
+
 @dataclass(eq=False)
-class ParamTarget:
+class ParamTarget(_PartOfLayer):
     """One parameter of a layer."""
 
     layer: Layer
@@ -114,20 +128,12 @@ class ParamTarget:
         return f"{self.layer.name}.{self.tensor_name}"
 
     @property
-    def net(self) -> str:
-        return self.layer.net
-
-    @property
-    def order(self) -> int:
-        return self.layer.order
-
-    @property
     def numel(self) -> int:
         return self.tensor.numel()
 
 
 @dataclass(eq=False)
-class OperatorTarget:
+class OperatorTarget(_PartOfLayer):
     """One matrix-shaped weight of a layer, read as a linear operator by its layout."""
 
     layer: Layer
@@ -140,14 +146,6 @@ class OperatorTarget:
     @property
     def name(self) -> str:
         return self.operator.name(self.layer.name)
-
-    @property
-    def net(self) -> str:
-        return self.layer.net
-
-    @property
-    def order(self) -> int:
-        return self.layer.order
 
     @property
     def param(self) -> str:
