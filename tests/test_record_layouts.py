@@ -85,7 +85,7 @@ def test_warm_started_sigma_fwd_and_sigma_op_converge_to_dense_svd_and_the_dense
     for p in model.parameters():
         p.requires_grad_(False)  # fixed weights: the estimates must converge to the exact norms
     x = torch.randn(2, 3, 8, 8, dtype=DT, requires_grad=True)
-    rec = Recorder(model, every=1, alerts=[], stats=["sigma_fwd", "sigma_op"]).attach()
+    rec = Recorder(model, every=1, operator_every=1, alerts=[], stats=["sigma_fwd", "sigma_op"]).attach()
     for step in range(300):
         model(x).sum().backward()
         rec.step(step)
@@ -102,6 +102,16 @@ def test_warm_started_sigma_fwd_and_sigma_op_converge_to_dense_svd_and_the_dense
     # Estimates only increase on a fixed operator (power iteration's Rayleigh quotient is monotone).
     series = table[(table["layer"] == "0") & (table["stat"] == "sigma_op")]["value"].to_numpy()
     assert (series[1:] >= series[:-1] * (1 - 1e-12)).all()
+    # By default a convolution's sigma_op steps every 10th recorded step (a batch-1 conv pair each time).
+    rec = Recorder(model, every=2, alerts=[], stats=["sigma_op"]).attach()
+    for step in range(41):
+        model(x).sum().backward()
+        rec.step(step)
+    table = rec.run().layers
+    assert sorted(set(table[table["layer"] == "0"]["step"])) == [0, 20, 40]
+    assert sorted(set(table[table["layer"] == "3"]["step"])) == list(range(0, 41, 2))
+    with pytest.raises(ValueError, match=r"operator_every must be a multiple of every \(2\), got 5"):
+        Recorder(model, every=2, operator_every=5)
 
 
 def test_warm_vectors_are_saved_and_restored_so_resumed_estimates_match():
@@ -212,3 +222,15 @@ def test_the_recorder_never_evaluates_a_parametrization_itself():
     w_eff = 0.5 * model[3].parametrizations.weight.original.detach()
     got = table[(table["layer"] == "3") & (table["stat"] == "sigma_op") & (table["step"] == 2)]["value"]
     assert float(got.iloc[0]) == pytest.approx(_dense_sigma(w_eff), rel=1e-6)
+
+
+def test_a_parameter_with_a_nan_entry_is_flagged_and_the_others_are_not():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    with torch.no_grad():
+        model[2].weight[0, 1] = float("nan")
+    rec = Recorder(model, alerts=[], stats=["param_nonfinite", "param_norm"]).attach()
+    model(torch.randn(5, 3)).sum().backward()  # no optimizer step: the NaN stays where it was put
+    rec.step(0)
+    table = rec.run().layers
+    flags = table[table["stat"] == "param_nonfinite"].set_index("layer")["value"].to_dict()
+    assert flags == {"0.weight": 0.0, "0.bias": 0.0, "2.weight": 1.0, "2.bias": 0.0}

@@ -49,6 +49,7 @@ class StepContext:
     effective_grads: Mapping[int, Tensor]
     grad_seen: set[int]
     snapshots: Mapping[int, Tensor]
+    operator_due: bool = True
     hessian: Callable[[], Mapping[int, Tensor]] = field(default=lambda: {})
 
     def wants(self, family: Family) -> bool:
@@ -175,6 +176,8 @@ def _collect_spectral(ctx: StepContext) -> None:
         if op_norm:
             # A plain matrix is its own operator: its forward estimate is sigma_op between exact steps.
             reuse = fwd and not ctx.exact and op.kind != CONV and op.plain and op.normalization is None
+            if op.kind == CONV and not (ctx.exact or ctx.operator_due):
+                continue  # a conv's power step costs a batch-1 conv pair: it has its own period
             value = estimate if reuse else op.spectral.operator_step(op, converged=ctx.exact)
             if value is not None:
                 ctx.buffer.add(op.uid, "sigma_op", value)
@@ -186,7 +189,8 @@ SPECTRAL = Family(
                   "estimate where it keeps one, else the recorder's warm-started power iteration (one step per "
                   "recorded step, two matrix-vector products)",
      "sigma_op": "operator norm of the layer with W_eff on its real input size (C6): a warm-started power "
-                 "step per recorded step, converged on the exact schedule"},
+                 "step per recorded step (every operator_every steps for convolutions), converged on the exact "
+                 "schedule"},
     lambda d: {name: d.direct(name) for name in ("sigma_fwd", "sigma_op")},
     direct=("sigma_fwd", "sigma_op"), collect=_collect_spectral, refined_on_exact=True)
 
@@ -254,7 +258,7 @@ def _collect_params(ctx: StepContext) -> None:
     params = [p for layer in ctx.layers for p in layer.params]
     if not params:
         return
-    if "param_norm" in ctx.want or "param_rms" in ctx.want or "param_update_ratio" in ctx.want:
+    if ctx.want & {"param_norm", "param_rms", "param_update_ratio", "param_nonfinite"}:
         for p, norm in zip(params, torch._foreach_norm([p.tensor.detach() for p in params])):
             ctx.buffer.add(p.uid, "param_norm", norm)
     if "param_grad_norm" in ctx.want:
@@ -265,22 +269,23 @@ def _collect_params(ctx: StepContext) -> None:
     if "param_update_ratio" in ctx.want:
         moved = [p for p in params if p.uid in ctx.snapshots]
         if moved:
-            before = [ctx.snapshots[p.uid] for p in moved]
-            steps = torch._foreach_sub([p.tensor.detach() for p in moved], before)
-            for p, norm, base in zip(moved, torch._foreach_norm(steps), torch._foreach_norm(before)):
-                ctx.buffer.add(p.uid, "param_update_ratio", norm / base)
-    if "param_nonfinite" in ctx.want:
-        for p in params:
-            ctx.buffer.add(p.uid, "param_nonfinite", torch.isfinite(p.tensor.detach()).logical_not().sum().float())
+            # The snapshots are this step's own copies: turn them into the updates in place.
+            steps = [ctx.snapshots[p.uid] for p in moved]
+            torch._foreach_sub_(steps, [p.tensor.detach() for p in moved])
+            for p, norm in zip(moved, torch._foreach_norm(steps)):
+                ctx.buffer.add(p.uid, "param_update", norm)
 
 
 def _derive_params(d: Derivation) -> Derived:
     present, norm = d.direct("param_norm")
+    moved, update = d.direct("param_update")
     with np.errstate(divide="ignore", invalid="ignore"):
         rms = norm / np.sqrt(d.attr("numel"))
+        ratio = update / norm
     return {"param_norm": (present, norm), "param_rms": (present, rms),
-            "param_grad_norm": d.direct("param_grad_norm"), "param_update_ratio": d.direct("param_update_ratio"),
-            "param_nonfinite": d.direct("param_nonfinite")}
+            "param_grad_norm": d.direct("param_grad_norm"), "param_update_ratio": (moved & present, ratio),
+            # A norm is finite exactly when every entry is: the flag costs nothing on the device.
+            "param_nonfinite": (present, (~np.isfinite(norm)).astype(float))}
 
 
 PARAMS = Family(
@@ -288,10 +293,10 @@ PARAMS = Family(
     {"param_norm": "Frobenius norm of the parameter (every trainable parameter; rows named by its path)",
      "param_rms": "root mean square of the parameter's entries",
      "param_grad_norm": "norm of the parameter's .grad when step() is called",
-     "param_update_ratio": "||p_after - p_before|| / ||p_before|| over the recorded step (the optimizer's "
+     "param_update_ratio": "||p_after - p_before|| / ||p_after|| over the recorded step (the optimizer's "
                            "relative update; keeps a copy of the net's parameters during recorded steps)",
-     "param_nonfinite": "number of NaN or infinite entries of the parameter"},
-    _derive_params, direct=("param_norm", "param_grad_norm", "param_update_ratio", "param_nonfinite"),
+     "param_nonfinite": "1 when the parameter holds a NaN or infinite entry, else 0 (read off its norm)"},
+    _derive_params, direct=("param_norm", "param_grad_norm", "param_update"),
     collect=_collect_params)
 
 

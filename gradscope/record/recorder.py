@@ -62,6 +62,12 @@ class Recorder:
         :meth:`record_input_gradients` computes only on steps divisible by this (a multiple of
         ``every``; default ``every``). It costs one extra input-gradient backward pass through the
         net (about 20% of an SNDCGAN GAN step on CPU), so a slower schedule keeps it cheap.
+    operator_every : int, optional
+        A convolution's ``sigma_op`` (its operator norm on its input size) advances its warm-started
+        power step on steps divisible by this (a multiple of ``every``; default ``10 * every``): the
+        step is a batch-1 convolution and its transpose per layer, about as costly as the rest of the
+        recorder together on a deep CNN. Linear layers' ``sigma_op`` and every ``sigma_fwd`` are
+        taken every recorded step.
     tensorboard : bool
         Also write TensorBoard events to ``out/tensorboard`` (needs the ``tensorboard`` package).
     alert_printer : callable, optional
@@ -88,10 +94,11 @@ class Recorder:
                  flush_every: int = 100, alerts: Iterable[AlertRule] | None = None,
                  hessian_every: int | None = None, device_sync_every: int | None = None, *,
                  hessian_iterations: int = 20, hessian_tol: float = 1e-4, hessian_nets: Iterable[str] | None = None,
-                 slopes_every: int | None = None, tensorboard: bool = False,
+                 slopes_every: int | None = None, operator_every: int | None = None, tensorboard: bool = False,
                  alert_printer: Callable[[str], None] | None = print_alert, start_step: int = 0) -> None:
         self.models = normalize_models(models)
-        self.schedule = Schedule(every, exact_every, hessian_every, slopes_every, start_step)
+        self.schedule = Schedule(every, exact_every, hessian_every, slopes_every, start_step, operator_every)
+        self.operator_every = self.schedule.operator_every
         self.every, self.exact_every = self.schedule.every, self.schedule.exact_every
         self.hessian_every, self.slopes_every = self.schedule.hessian_every, self.schedule.slopes_every
         self.flush_every = check_int_at_least("flush_every", flush_every, 1)
@@ -167,6 +174,7 @@ class Recorder:
         """The recorder's configuration as plain data (for a run's config.json)."""
         return {"nets": list(self.models), "every": self.every, "exact_every": self.exact_every,
                 "hessian_every": self.hessian_every, "slopes_every": self.slopes_every,
+                "operator_every": self.operator_every,
                 "flush_every": self.flush_every, "stats": list(self.stats),
                 "alerts": self.monitor.state_dict()["rules"]}
 
@@ -229,7 +237,8 @@ class Recorder:
                 names = [template.format(kind=kind) for template in SLOPE_SCALARS]
                 self.outbox.add_scalars(step, names, values)
         context = StepContext(buffer, layers, self._want, exact, self.observer.weff_grads, self.observer.grad_seen,
-                              self.observer.snapshots, hessian=lambda: self._hessian_values(nets))
+                              self.observer.snapshots, operator_due=self.schedule.operator_due(step),
+                              hessian=lambda: self._hessian_values(nets))
         for family in FAMILIES:
             if family.collect is not None and family.due(cheap, exact, hessian) and context.wants(family):
                 family.collect(context)

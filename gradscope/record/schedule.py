@@ -20,18 +20,24 @@ class Schedule:
     ----------
     every, exact_every, hessian_every, slopes_every : int or None
         Periods of the cheap, exact, Hessian and input-gradient statistics.
+    operator_every : int, optional
+        Period of the convolutions' warm ``sigma_op`` step (a multiple of ``every``; default ``10 * every``).
     start_step : int
         The first step number expected.
     """
 
     def __init__(self, every: int, exact_every: int | None, hessian_every: int | None, slopes_every: int | None,
-                 start_step: int = 0) -> None:
+                 start_step: int = 0, operator_every: int | None = None) -> None:
         self.every = check_int_at_least("every", every, 1)
         self.exact_every = None if exact_every is None else check_int_at_least("exact_every", exact_every, 1)
         self.hessian_every = None if hessian_every is None else check_int_at_least("hessian_every", hessian_every, 1)
         self.slopes_every = every if slopes_every is None else check_int_at_least("slopes_every", slopes_every, 1)
         if self.slopes_every % self.every:
             raise ValueError(f"slopes_every must be a multiple of every ({self.every}), got {self.slopes_every}")
+        self.operator_every = 10 * self.every if operator_every is None else \
+            check_int_at_least("operator_every", operator_every, 1)
+        if self.operator_every % self.every:
+            raise ValueError(f"operator_every must be a multiple of every ({self.every}), got {self.operator_every}")
         check_int_at_least("start_step", start_step, 0)
         self.last_recorded: dict[str, int] = {}
         self.last_step: int | None = None
@@ -46,6 +52,10 @@ class Schedule:
         """Whether ``step`` is on the cheap, exact and Hessian schedules."""
         return (step % self.every == 0, self.exact_every is not None and step % self.exact_every == 0,
                 self.hessian_every is not None and step % self.hessian_every == 0)
+
+    def operator_due(self, step: int) -> bool:
+        """Whether ``step`` is on the convolutions' ``sigma_op`` schedule."""
+        return step % self.operator_every == 0
 
     def slopes_due(self, step: int) -> bool:
         """Whether ``step`` is on the input-gradient schedule."""
