@@ -37,7 +37,7 @@ def test_gpt2_every_weight_bearing_module_is_recorded_with_its_layout():
     config = transformers.GPT2Config(n_layer=4, n_embd=32, n_head=4, vocab_size=50, n_positions=16)
     model = transformers.GPT2LMHeadModel(config)
     ids = torch.randint(0, 50, (3, 12))
-    rec, table = _run(model, lambda step: model(ids, labels=ids).loss)
+    _, table = _run(model, lambda step: model(ids, labels=ids).loss)
     with_params = {name or "root" for name, m in model.named_modules() if list(m.parameters(recurse=False))}
     assert len(with_params) == 28  # wte, wpe, 6 per block, ln_f, lm_head
     layer_rows = set(table[table["stat"] == "grad_out_norm"]["layer"])
@@ -63,7 +63,7 @@ def test_multihead_attention_packed_in_proj_is_three_operators_and_out_proj_a_li
     model = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), 2,
                                   enable_nested_tensor=False)
     x = torch.randn(4, 5, 16)
-    rec, table = _run(model, lambda step: model(x).pow(2).mean(), stats=None)
+    _, table = _run(model, lambda step: model(x).pow(2).mean())
     ops = set(table[table["stat"] == "sigma_fwd"]["layer"])
     for i in range(2):
         for label in "qkv":

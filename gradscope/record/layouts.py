@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Union
 
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -84,7 +83,7 @@ class Operator:
 
 #: A layout: ``module -> its operators`` (an empty list: the module has no matrix-shaped weight).
 Layout = Callable[[nn.Module], Sequence[Operator]]
-LayoutKey = Union[type, str]
+LayoutKey = type | str
 
 _LAYOUTS: dict[LayoutKey, Layout] = {}
 
