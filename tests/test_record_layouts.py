@@ -234,3 +234,23 @@ def test_a_parameter_with_a_nan_entry_is_flagged_and_the_others_are_not():
     table = rec.run().layers
     flags = table[table["stat"] == "param_nonfinite"].set_index("layer")["value"].to_dict()
     assert flags == {"0.weight": 0.0, "0.bias": 0.0, "2.weight": 1.0, "2.bias": 0.0}
+
+
+def test_a_zero_parameter_that_does_not_move_has_update_ratio_zero_and_raises_no_alert():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    with torch.no_grad():
+        model[0].bias.zero_()
+    model[0].bias.requires_grad_(False)  # stays exactly 0
+    printed = []
+    rec = Recorder(model, alert_printer=printed.append).attach()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for step in range(3):
+        opt.zero_grad()
+        model(torch.randn(5, 3)).sum().backward()
+        opt.step()
+        rec.step(step)
+    table = rec.run().layers
+    ratio = table[(table["stat"] == "param_update_ratio") & (table["layer"] == "0.bias")]["value"]
+    assert ratio.tolist() == [0.0, 0.0, 0.0] and printed == []
+    moved = table[(table["stat"] == "param_update_ratio") & (table["layer"] == "2.weight")]["value"]
+    assert (moved > 0).all()

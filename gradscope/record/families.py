@@ -281,9 +281,12 @@ def _derive_params(d: Derivation) -> Derived:
     moved, update = d.direct("param_update")
     with np.errstate(divide="ignore", invalid="ignore"):
         rms = norm / np.sqrt(d.attr("numel"))
-        ratio = update / norm
+        # A parameter that did not move has ratio 0 even at norm 0 (a zero bias that gets no gradient);
+        # one that moved away from exactly 0 has no finite ratio and gets no row.
+        ratio = np.where(update == 0, 0.0, update / norm)
+    defined = moved & present & ((norm > 0) | (update == 0))
     return {"param_norm": (present, norm), "param_rms": (present, rms),
-            "param_grad_norm": d.direct("param_grad_norm"), "param_update_ratio": (moved & present, ratio),
+            "param_grad_norm": d.direct("param_grad_norm"), "param_update_ratio": (defined, ratio),
             # A norm is finite exactly when every entry is: the flag costs nothing on the device.
             "param_nonfinite": (present, (~np.isfinite(norm)).astype(float))}
 
