@@ -13,7 +13,9 @@ buffer's slot arithmetic) and named from ``named_modules`` / ``named_parameters`
   norms, LeCun ratio, weight gradients; named like its layer for the layer's
   ``weight``, ``<path>.<param>[<label>]`` otherwise.
 
-Nothing here relies on the model being a gradscope model. A module with a
+A module whose weights its parent uses directly, without calling its forward
+(``MultiheadAttention``'s ``out_proj``), gets parameter and operator rows but no
+forward / backward rows. Nothing here relies on the model being a gradscope model. A module with a
 weight the recorder cannot read as an operator is listed once, with the reason.
 """
 from __future__ import annotations
