@@ -38,8 +38,9 @@ steps and read the per-layer statistics back:
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gradscope._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -100,14 +101,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gradscope.train import RunConfig, RunResult, resume
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gradscope' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports("gradscope", _EXPORTS, globals())

@@ -43,8 +43,9 @@ Examples
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gradscope._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "watch": "gradscope.integrations.loop",
@@ -62,14 +63,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gradscope.integrations.transformers import GradscopeTrainerCallback
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gradscope.integrations' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports("gradscope.integrations", _EXPORTS, globals())
