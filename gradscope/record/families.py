@@ -52,20 +52,39 @@ class StepContext:
     operator_due: bool = True
     hessian: Callable[[], Mapping[int, Tensor]] = field(default=lambda: {})
 
+    _grad_norms: dict[int, Tensor] | None = field(default=None, repr=False)
+
     def wants(self, family: Family) -> bool:
         """Whether any statistic of ``family`` is selected."""
         return bool(self.want & set(family.stats))
+
+    def param_grad_norms(self) -> dict[int, Tensor]:
+        """``||p.grad||`` by parameter uid for the parameters that received a gradient this step (one
+        ``_foreach_norm``, shared by the per-parameter and the per-operator statistics)."""
+        if self._grad_norms is None:
+            with_grad = [p for layer in self.layers for p in layer.params
+                         if p.uid in self.grad_seen and p.tensor.grad is not None]
+            norms = torch._foreach_norm([p.tensor.grad.detach() for p in with_grad]) if with_grad else []
+            self._grad_norms = {p.uid: norm for p, norm in zip(with_grad, norms)}
+        return self._grad_norms
 
 
 class Derivation:
     """Host-side view of one recorded step: every quantity's sums per target ``uid``."""
 
-    def __init__(self, sums: np.ndarray, hits: np.ndarray, counts: np.ndarray, targets: Sequence[Any]) -> None:
+    def __init__(self, sums: np.ndarray, hits: np.ndarray, counts: np.ndarray, targets: Sequence[Any],
+                 attributes: dict[str, np.ndarray] | None = None) -> None:
         self.sums, self.hits, self.counts, self.targets = sums, hits, counts, targets
+        # The targets' attributes do not change between steps: a caller recording many steps passes one
+        # dict for all of them.
+        self.attributes = {} if attributes is None else attributes
 
     def attr(self, name: str, default: float = math.nan) -> np.ndarray:
         """A target attribute (``fan_in``, ``numel``, ``plain``) as an array over uids."""
-        return np.array([getattr(t, name, default) for t in self.targets], dtype=float)
+        key = f"{name}|{default}"
+        if key not in self.attributes:
+            self.attributes[key] = np.array([getattr(t, name, default) for t in self.targets], dtype=float)
+        return self.attributes[key]
 
     def direct(self, quantity: str) -> tuple[np.ndarray, np.ndarray]:
         """(present, value) of a direct quantity."""
@@ -106,19 +125,13 @@ class Family:
 
 
 # --- per-layer forward and backward statistics (hooks) ------------------------------------------
-def _derive_activations(d: Derivation) -> Derived:
+def _moment_stats(d: Derivation, quantities: tuple[str, ...], location: str) -> Derived:
+    """``<quantity>_<location>`` (``"mean"`` or ``"norm"``) and ``<quantity>_var`` of sum quantities."""
     out: Derived = {}
-    for quantity in ("act_in", "act_out"):
-        present, mean, var, _ = d.moments(quantity)
-        out[f"{quantity}_mean"], out[f"{quantity}_var"] = (present, mean), (present, var)
-    return out
-
-
-def _derive_gradients(d: Derivation) -> Derived:
-    out: Derived = {}
-    for quantity in ("grad_out", "grad_in"):
-        present, _, var, norm = d.moments(quantity)
-        out[f"{quantity}_norm"], out[f"{quantity}_var"] = (present, norm), (present, var)
+    for quantity in quantities:
+        present, mean, var, norm = d.moments(quantity)
+        out[f"{quantity}_{location}"] = (present, mean if location == "mean" else norm)
+        out[f"{quantity}_var"] = (present, var)
     return out
 
 
@@ -128,7 +141,7 @@ ACTIVATIONS = Family(
      "act_in_var": "variance of the layer's input",
      "act_out_mean": "mean of the layer's output (pre-activation; the first tensor of a tuple output)",
      "act_out_var": "variance of the layer's output (C7 forward ratio)"},
-    _derive_activations, sums={"act_in": "input", "act_out": "output"})
+    lambda d: _moment_stats(d, ("act_in", "act_out"), "mean"), sums={"act_in": "input", "act_out": "output"})
 
 GRADIENTS = Family(
     "gradients", LAYER, "backward", CHEAP,
@@ -136,7 +149,7 @@ GRADIENTS = Family(
      "grad_out_var": "variance of the loss gradient w.r.t. the layer's output (C7 backward ratio)",
      "grad_in_norm": "norm of the gradient w.r.t. the layer's input flowing through this layer",
      "grad_in_var": "variance of the gradient w.r.t. the layer's input flowing through this layer"},
-    _derive_gradients, sums={"grad_out": "output", "grad_in": "input"})
+    lambda d: _moment_stats(d, ("grad_out", "grad_in"), "norm"), sums={"grad_out": "output", "grad_in": "input"})
 
 
 # --- per-operator statistics of the weights ------------------------------------------------------
@@ -227,10 +240,13 @@ WEIGHTS = Family(
 
 def _collect_weight_grads(ctx: StepContext) -> None:
     with_grad = [op for op in _operators(ctx) if op.param_uid in ctx.grad_seen and op.raw.grad is not None]
-    if with_grad:
-        norms = torch._foreach_norm([op.matrix(op.raw.grad.detach()) for op in with_grad])
-        for op, norm in zip(with_grad, norms):
-            ctx.buffer.add(op.uid, "grad_w_raw_norm", norm)
+    shared = ctx.param_grad_norms()
+    # An operator that views its whole parameter has the parameter's gradient norm; slices need their own.
+    own = [op for op in with_grad if not (op.whole and op.param_uid in shared)]
+    norms = dict(zip((op.uid for op in own), torch._foreach_norm([op.matrix(op.raw.grad.detach()) for op in own])
+                     if own else []))
+    for op in with_grad:
+        ctx.buffer.add(op.uid, "grad_w_raw_norm", norms[op.uid] if op.uid in norms else shared[op.param_uid])
     if "grad_w_eff_norm" in ctx.want:
         for op in _operators(ctx):
             grad = ctx.effective_grads.get(op.layer.uid) if op.param == "weight" else None
@@ -262,10 +278,8 @@ def _collect_params(ctx: StepContext) -> None:
         for p, norm in zip(params, torch._foreach_norm([p.tensor.detach() for p in params])):
             ctx.buffer.add(p.uid, "param_norm", norm)
     if "param_grad_norm" in ctx.want:
-        with_grad = [p for p in params if p.uid in ctx.grad_seen and p.tensor.grad is not None]
-        if with_grad:
-            for p, norm in zip(with_grad, torch._foreach_norm([p.tensor.grad.detach() for p in with_grad])):
-                ctx.buffer.add(p.uid, "param_grad_norm", norm)
+        for uid, norm in ctx.param_grad_norms().items():
+            ctx.buffer.add(uid, "param_grad_norm", norm)
     if "param_update_ratio" in ctx.want:
         moved = [p for p in params if p.uid in ctx.snapshots]
         if moved:

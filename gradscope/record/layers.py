@@ -144,6 +144,7 @@ class OperatorTarget(_PartOfLayer):
     param_uid: int
     fan_in: float
     spectral: WarmSpectral
+    whole: bool = True  # its matrix holds every entry of the parameter (not a slice such as q of in_proj)
 
     @property
     def name(self) -> str:
@@ -285,8 +286,9 @@ def discover_layers(models: Mapping[str, nn.Module]) -> dict[str, list[Layer]]:
                 operators = []
             for op in operators:
                 matrix = op.matrix(module_tensor(module, op.param).detach())
+                whole = matrix.numel() == module_tensor(module, op.param).numel()
                 layer.operators.append(OperatorTarget(layer, op, uid, param_uids.get(op.param, -1),
-                                                      _fan_in(module, op, matrix), WarmSpectral(seed=uid)))
+                                                      _fan_in(module, op, matrix), WarmSpectral(seed=uid), whole))
                 uid += 1
             layers.append(layer)
         if not layers:

@@ -74,6 +74,7 @@ class Outbox:
                  writer: RunWriter | None, tensorboard: bool) -> None:
         self.layers, self.stats, self.monitor, self.writer = layers, tuple(stats), monitor, writer
         self.targets = all_targets(layers)
+        self._attributes: dict[str, np.ndarray] = {}
         self.tensorboard = tensorboard
         self.steps: list[PackedStep] = []
         self.scalars: list[ScalarBatch] = []
@@ -106,7 +107,7 @@ class Outbox:
             parts = [(next(host), slots) for _, slots in record.parts]
             values = np.concatenate([v for v, _ in parts])
             slots = np.concatenate([s for _, s in parts])
-            columns = step_rows(record, values, slots, self.layers, self.targets, self.stats)
+            columns = step_rows(record, values, slots, self.layers, self.targets, self.stats, self._attributes)
             alerts += self.monitor.check_layers(record.step, record.phase, columns)
             layer_frames.append(pd.DataFrame(columns))
             if self.tensorboard:

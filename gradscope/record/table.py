@@ -16,15 +16,16 @@ _TARGET_OF = {stat: family.target for family in FAMILIES for stat in family.stat
 
 
 def derive_stats(values: np.ndarray, slots: np.ndarray, counts: dict[int, int], targets: Sequence[Any],
-                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every statistic as ``(present, value)`` arrays indexed by target ``uid``."""
+                 attributes: dict[str, np.ndarray] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every statistic as ``(present, value)`` arrays indexed by target ``uid`` (``attributes``: a cache of the
+    targets' attribute arrays, reused across steps)."""
     n_slots = len(targets) * N_QUANTITIES
     sums = np.bincount(slots, weights=values, minlength=n_slots).reshape(len(targets), N_QUANTITIES)
     hits = (np.bincount(slots, minlength=n_slots) > 0).reshape(len(targets), N_QUANTITIES)
     count = np.zeros(n_slots)
     for slot, n in counts.items():
         count[slot] = n
-    derivation = Derivation(sums, hits, count.reshape(len(targets), N_QUANTITIES), targets)
+    derivation = Derivation(sums, hits, count.reshape(len(targets), N_QUANTITIES), targets, attributes)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for family in FAMILIES:
         out.update(family.derive(derivation))
@@ -36,12 +37,13 @@ def _targets_of(layer: Layer, kind: str) -> list[Any]:
 
 
 def step_rows(record: PackedStep, values: np.ndarray, slots: np.ndarray, layers_by_net: dict[str, list[Layer]],
-              targets: Sequence[Any], stats: Sequence[str]) -> dict[str, np.ndarray]:
+              targets: Sequence[Any], stats: Sequence[str], attributes: dict[str, np.ndarray] | None = None,
+              ) -> dict[str, np.ndarray]:
     """The long-table columns (:data:`LAYER_COLUMNS`) of one recorded step, selected ``stats`` only.
 
     Rows go statistic by statistic; within one, net by net and input to output.
     """
-    derived = derive_stats(values, slots, record.counts, targets)
+    derived = derive_stats(values, slots, record.counts, targets, attributes)
     ordered = [layer for net in record.nets for layer in sorted(layers_by_net[net], key=lambda x: x.order)]
     chosen = {kind: [t for layer in ordered for t in _targets_of(layer, kind)] for kind in (LAYER, PARAM, OPERATOR)}
     arrays = {kind: (np.array([t.uid for t in ts], dtype=np.int64), np.array([t.net for t in ts], dtype=object),
