@@ -13,6 +13,8 @@ from torch import nn
 from gradscope.record import DEFAULT_RULES, AlertRule, Recorder, RunWriter, load_run
 from gradscope.record.alerts import AlertMonitor
 
+from record_helpers import train_two_phases
+
 LAYERS = ["l0", "l1", "l2", "l3", "l4"]
 
 
@@ -170,14 +172,7 @@ def test_alerts_do_not_depend_on_when_flushes_happen(tmp_path) -> None:
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         out = tmp_path / f"run{flush_every}"
         with Recorder(model, out=out, flush_every=flush_every, alerts=rules, alert_printer=None) as rec:
-            for step in range(20):
-                for phase in ("a", "b"):
-                    opt.zero_grad()
-                    loss = model(torch.randn(6, 4)).pow(2).mean()
-                    loss.backward()
-                    opt.step()
-                    rec.log_scalars(step, {f"loss_{phase}": loss, "marker": float("nan") if step == 9 else 1.0})
-                    rec.step(step, phase)
+            train_two_phases(rec, model, opt, range(20), nan_step=9)
         tables.append(load_run(out).alerts)
     assert len(tables[0]) > 5 and set(tables[0]["rule"]) == {"up", "down", "nf"}
     for other in tables[1:]:

@@ -16,6 +16,8 @@ from torch import nn
 from gradscope.record import Recorder, RunWriter, load_run
 from gradscope.record.storage import provenance
 
+from record_helpers import train_two_phases
+
 
 def layer_rows(step: int, value: float, layer: str = "fc", stat: str = "sigma") -> pd.DataFrame:
     return pd.DataFrame({"step": [step], "phase": ["d"], "net": ["D"], "layer": [layer], "layer_index": [0],
@@ -125,18 +127,6 @@ def test_sigkill_mid_run_leaves_a_readable_partial_run(tmp_path) -> None:
     assert run.provenance["torch"] == torch.__version__
 
 
-def _train(rec: Recorder, model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
-    """Two phases per step (as a GAN's D and G updates), a NaN scalar at step 5."""
-    for step in steps:
-        for phase in ("a", "b"):
-            opt.zero_grad()
-            loss = model(torch.randn(6, 4)).pow(2).mean()
-            loss.backward()
-            opt.step()
-            rec.log_scalars(step, {f"loss_{phase}": loss, "marker": float("nan") if step == 5 else 1.0})
-            rec.step(step, phase)
-
-
 def _fresh(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
@@ -147,14 +137,14 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path) -> None:
     options = dict(every=2, exact_every=4, flush_every=3, alert_printer=None)
     model, opt = _fresh()
     with Recorder(model, out=tmp_path / "a", **options) as rec:
-        _train(rec, model, opt, range(8))
+        train_two_phases(rec, model, opt, range(8))
 
     model, opt = _fresh()
     rec = Recorder(model, out=tmp_path / "b", **options).attach()
-    _train(rec, model, opt, range(4))
+    train_two_phases(rec, model, opt, range(4))
     checkpoint = {"model": {k: v.clone() for k, v in model.state_dict().items()}, "opt": opt.state_dict(),
                   "rng": torch.get_rng_state(), "recorder": rec.state_dict()}
-    _train(rec, model, opt, range(4, 6))
+    train_two_phases(rec, model, opt, range(4, 6))
     rec.flush()  # steps 4 and 5 (and the step-5 alert) reach the disk, then the process "dies"
     partial = load_run(tmp_path / "b")
     assert 4 in set(partial.layers["step"]) and 5 in set(partial.scalars["step"]) and len(partial.alerts) == 1
@@ -165,7 +155,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path) -> None:
     torch.set_rng_state(checkpoint["rng"])
     with Recorder(model, out=RunWriter(tmp_path / "b", resume=True), **options) as rec:
         rec.load_state_dict(checkpoint["recorder"])
-        _train(rec, model, opt, range(4, 8))
+        train_two_phases(rec, model, opt, range(4, 8))
 
     a, b = load_run(tmp_path / "a"), load_run(tmp_path / "b")
     assert sorted(set(a.layers["step"])) == [0, 2, 4, 6]
