@@ -71,13 +71,6 @@ class StepBuffer:
         self.slots += (base, base + 1)
         self.counts[base] = self.counts.get(base, 0) + x.numel()
 
-    def add_scaled_sums(self, uid: int, quantity: str, s1: Tensor, s2: Tensor, count: int) -> None:
-        """Add precomputed sums (e.g. of a weight times a known factor)."""
-        base = uid * N_QUANTITIES + SUM_OFFSET[quantity]
-        self.values += (s1, s2)
-        self.slots += (base, base + 1)
-        self.counts[base] = self.counts.get(base, 0) + count
-
     def add(self, uid: int, quantity: str, value: Tensor) -> None:
         """Record a single value of a direct quantity."""
         if value.ndim or value.requires_grad:

@@ -13,7 +13,7 @@ from gradscope._checks import check_int_at_least, check_positive
 from gradscope.record.alerts import DEFAULT_RULES, AlertMonitor, AlertRule, print_alert
 from gradscope.record.buffer import PackedStep, StepBuffer
 from gradscope.record.hooks import Observer
-from gradscope.record.layers import Layer, all_targets, check_name, discover_layers, normalize_models
+from gradscope.record.layers import Layer, check_name, discover_layers, normalize_models
 from gradscope.record.outbox import Outbox, scalar_batches
 from gradscope.record.probes import hessian_norms, input_gradient_norms
 from gradscope.record.reader import Run
@@ -109,7 +109,6 @@ class Recorder:
         self.stats = resolve_stats(stats, self.exact_every is not None, self.hessian_every is not None)
         self._want = set(self.stats)
         self.layers: dict[str, list[Layer]] = discover_layers(self.models)
-        self._targets = all_targets(self.layers)
         self._operators = [op for net in self.layers.values() for layer in net for op in layer.operators]
         self._params = [p for net in self.layers.values() for layer in net for p in layer.params]
         self.hessian_nets = None if hessian_nets is None else tuple(hessian_nets)
@@ -189,7 +188,7 @@ class Recorder:
         return self.monitor.latest
 
     def _device(self) -> torch.device:
-        return next(p.tensor for net in self.layers.values() for layer in net for p in layer.params).device
+        return self._params[0].tensor.device
 
     def begin(self, step: int, phase: str | None = None) -> None:
         """Announce the step about to run, so the hooks collect exactly when it will be recorded.
@@ -254,8 +253,7 @@ class Recorder:
                 self.observer.per_sample_output.get(net, False)
             if x is None or not chosen:
                 continue
-            ops = [op for layer in self.layers[net] for op in layer.operators
-                   if not op.operator.label and op.raw.requires_grad]
+            ops = [op for layer in self.layers[net] for op in layer.operators if op.whole and op.raw.requires_grad]
             with self.paused():
                 values = hessian_norms(self.models[net], x, [op.raw for op in ops],
                                        self.hessian_iterations, self.hessian_tol)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from gradscope.linalg import conv_operator_norm
-from gradscope.linalg.conv import conv_adjoint, conv_apply, conv_geometry
+from gradscope.linalg.conv import ConvGeometry, conv_adjoint, conv_apply, conv_geometry
 from gradscope.record.layouts import CONV
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,6 +40,7 @@ class WarmSpectral:
         self.seed = seed
         self.v: Tensor | None = None
         self.v_op: Tensor | None = None
+        self._geometry: tuple[tuple[int, ...], ConvGeometry] | None = None  # validated once per input size
 
     def _start(self, like: Tensor, shape: tuple[int, ...]) -> Tensor:
         generator = torch.Generator(device=like.device).manual_seed(self.seed)
@@ -79,9 +80,12 @@ class WarmSpectral:
                 return conv_operator_norm(weight, size, module.stride, module.padding, module.dilation,
                                           module.padding_mode, op.layer.transposed, module.output_padding,
                                           module.groups)
-            # From the raw weight's shape: reading module.weight would run its parametrization.
-            geom = conv_geometry(op.raw.shape, size, module.stride, module.padding, module.dilation,
-                                 module.padding_mode, op.layer.transposed, module.output_padding, module.groups)
+            if self._geometry is None or self._geometry[0] != size:
+                # From the raw weight's shape: reading module.weight would run its parametrization.
+                self._geometry = (size, conv_geometry(op.raw.shape, size, module.stride, module.padding,
+                                                      module.dilation, module.padding_mode, op.layer.transposed,
+                                                      module.output_padding, module.groups))
+            geom = self._geometry[1]
             shape = (1, geom.in_channels, *geom.input_size)
             if self.v_op is None or tuple(self.v_op.shape) != shape or self.v_op.dtype != weight.dtype:
                 self.v_op = self._start(weight, shape)
