@@ -214,11 +214,10 @@ def resolve_models(models: nn.Module | Mapping[str, nn.Module | str] | None, roo
 
 
 def default_models(root: nn.Module) -> dict[str, nn.Module]:
-    """The children of ``root`` that hold layers the recorder watches, named by attribute.
+    """The children of ``root`` that hold parameters (what the recorder watches), named by attribute.
 
-    The recorder counts a net as used in a step when the net's own ``forward`` runs, and a
-    ``LightningModule``'s training code usually calls its children (``self.net(x)``), not itself:
-    so the children are the nets. ``ModuleList`` / ``ModuleDict`` children, which are never called
+    A ``LightningModule``'s training code usually calls its children (``self.net(x)``), not itself,
+    and each child is a natural net to name (``gen``, ``disc``): so the children are the nets. ``ModuleList`` / ``ModuleDict`` children, which are never called
     themselves, are replaced by their elements (``blocks.0``, ``blocks.1``, ...).
 
     Examples
@@ -236,7 +235,7 @@ def default_models(root: nn.Module) -> dict[str, nn.Module]:
         for name, child in module.named_children():
             if isinstance(child, (nn.ModuleList, nn.ModuleDict)):
                 visit(child, f"{prefix}{name}.")
-            elif any(True for _ in child.parameters()) and _recordable(child):
+            elif any(True for _ in child.parameters()):
                 found[prefix + name] = child
 
     visit(root, "")
@@ -244,16 +243,6 @@ def default_models(root: nn.Module) -> dict[str, nn.Module]:
         raise ValueError(f"{type(root).__name__} has no child module with layers gradscope records; pass "
                          "models={'name': submodule, ...}")
     return found
-
-
-def _recordable(module: nn.Module) -> bool:
-    # Asks the recorder itself (no hooks are registered until attach), so this stays true to whichever
-    # layer types it supports.
-    try:
-        Recorder(module, alerts=[])
-    except ValueError:
-        return False
-    return True
 
 
 def _device_of(models: Mapping[str, nn.Module]) -> torch.device:
