@@ -285,8 +285,9 @@ def discover_layers(models: Mapping[str, nn.Module]) -> dict[str, list[Layer]]:
                     unread.append(f"{net}/{layer.name}: {layer.uninterpreted}")
                 operators = []
             for op in operators:
-                matrix = op.matrix(module_tensor(module, op.param).detach())
-                whole = matrix.numel() == module_tensor(module, op.param).numel()
+                weight = module_tensor(module, op.param).detach()
+                matrix = op.matrix(weight)
+                whole = matrix.numel() == weight.numel()
                 layer.operators.append(OperatorTarget(layer, op, uid, param_uids.get(op.param, -1),
                                                       _fan_in(module, op, matrix), WarmSpectral(seed=uid), whole))
                 uid += 1
