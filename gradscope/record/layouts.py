@@ -147,6 +147,7 @@ def operators_of(path: str, module: nn.Module) -> list[Operator] | None:
     for op in operators:
         if not isinstance(op, Operator):
             raise ValueError(f"{where}: a layout returns Operator objects, got {type(op).__name__}")
+        # getattr (and hasattr) on a parametrized tensor would run its parametrization: read the original.
         weight = getattr(module, op.param, None) if not parametrize.is_parametrized(module, op.param) else \
             module_tensor(module, op.param)
         if not isinstance(weight, Tensor):
