@@ -6,17 +6,20 @@ descriptions, so the loaders are checked against an independent writer.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import os
 import re
 import struct
 import tarfile
 import threading
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
-
 
 # --- CIFAR-10: Python 2 cPickle, protocol 2 --------------------------------------------------
 
@@ -66,10 +69,36 @@ def py2_pickle(batch: dict) -> bytes:
     return b"\x80\x02}(" + items + b"u."
 
 
-def make_cifar_archive(directory: Path, *, per_batch: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
+def declare_md5(name: str, archive: Path) -> str:
+    """Declare ``archive`` the genuine archive of ``name`` through ``GRADSCOPE_<NAME>_MD5``; return its MD5.
+
+    A local archive is verified against the published checksum before it is extracted. The tiny
+    archives of the tests stand in for the published ones, so their checksum is declared the way a user
+    declares a mirror's copy. The variable is set for the rest of the session (callers of the archive
+    makers have no ``monkeypatch``): every test that relies on an archive writes one first, and the
+    last one written is the one declared; tests about checksums set the variable themselves.
+    """
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    os.environ[f"GRADSCOPE_{name.upper()}_MD5"] = md5
+    return md5
+
+
+def cifar_batch(per_batch: int, number: int, rng: np.random.Generator) -> tuple[bytes, np.ndarray]:
+    """One CIFAR-10 batch as the archive stores it, and its ``data`` array ``(per_batch, 3072)``."""
+    data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
+    labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]
+    batch = {"batch_label": f"batch {number}", "labels": labels, "data": data,
+             "filenames": [f"img_{number}_{i}.png" for i in range(per_batch)]}
+    return py2_pickle(batch), data
+
+
+def make_cifar_archive(directory: Path, *, per_batch: int = 3, seed: int = 0, extra: dict[str, bytes] | None = None,
+                       declare: bool = True) -> dict[str, np.ndarray]:
     """Write ``cifar-10-python.tar.gz`` with 5 train batches and a test batch of ``per_batch`` images.
 
-    Returns the ``data`` arrays ``(per_batch, 3072)`` written, keyed by batch name.
+    ``extra`` adds members (name -> bytes) after the genuine ones; ``declare`` declares the archive's
+    checksum (:func:`declare_md5`). Returns the ``data`` arrays ``(per_batch, 3072)`` written, keyed by
+    batch name.
     """
     rng = np.random.default_rng(seed)
     written = {}
@@ -77,14 +106,14 @@ def make_cifar_archive(directory: Path, *, per_batch: int = 3, seed: int = 0) ->
     with tarfile.open(archive, "w:gz") as tar:
         names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
         for number, name in enumerate(names):
-            data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
-            labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]
-            batch = {"batch_label": f"batch {number}", "labels": labels, "data": data,
-                     "filenames": [f"img_{number}_{i}.png" for i in range(per_batch)]}
-            add_bytes(tar, f"cifar-10-batches-py/{name}", py2_pickle(batch))
-            written[name] = data
+            payload, written[name] = cifar_batch(per_batch, number, rng)
+            add_bytes(tar, f"cifar-10-batches-py/{name}", payload)
         add_bytes(tar, "cifar-10-batches-py/batches.meta",
                   py2_pickle({"label_names": ["airplane"] * 10, "num_cases_per_batch": per_batch}))
+        for name, payload in (extra or {}).items():
+            add_bytes(tar, name, payload)
+    if declare:
+        declare_md5("cifar10", archive)
     return written
 
 
@@ -108,12 +137,18 @@ def stl_bytes(images: np.ndarray) -> bytes:
     return bytes(out)
 
 
-def make_stl_archive(directory: Path, *, count: int = 4, seed: int = 0) -> np.ndarray:
-    """Write ``stl10_binary.tar.gz`` holding ``stl10_binary/unlabeled_X.bin``; return the images."""
+def make_stl_archive(directory: Path, *, count: int = 4, seed: int = 0, declare: bool = True) -> np.ndarray:
+    """Write ``stl10_binary.tar.gz`` holding ``stl10_binary/unlabeled_X.bin``; return the images.
+
+    ``declare`` declares the archive's checksum (:func:`declare_md5`).
+    """
     images = np.random.default_rng(seed).integers(0, 256, size=(count, 3, 96, 96), dtype=np.uint8)
-    with tarfile.open(directory / "stl10_binary.tar.gz", "w:gz") as tar:
+    archive = directory / "stl10_binary.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
         add_bytes(tar, "stl10_binary/unlabeled_X.bin", stl_bytes(images))
         add_bytes(tar, "stl10_binary/class_names.txt", b"airplane\n")
+    if declare:
+        declare_md5("stl10", archive)
     return images
 
 
@@ -128,6 +163,22 @@ def write_image(path: Path, width: int, height: int, *, seed: int, fmt: str | No
     Image.fromarray(pixels).save(path, format=fmt)
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def write_png_of_size(path: Path, width: int, height: int) -> None:
+    """A black 1-bit PNG of ``width x height`` pixels, compressed row by row (15000x15000 is ~27 KB).
+
+    Written from the PNG specification without PIL, which would hold the whole image in memory.
+    """
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    packer = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the packed bits
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, grayscale
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
 
 
 def box_matrix(inp: int, out: int) -> np.ndarray:
@@ -150,9 +201,10 @@ def area_resize(pixels_hwc: np.ndarray, size: int) -> np.ndarray:
 # --- HTTP server with Range ---------------------------------------------------------------
 
 class _Handler(BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-    log: list[dict] = []
+    files: ClassVar[dict[str, bytes]] = {}
+    log: ClassVar[list[dict]] = []
     honour_range = True
+    send_length = True
     cut_after: int | None = None
     timeout = 10
 
@@ -182,7 +234,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             entry["status"] = 200
         payload = body[start:]
-        self.send_header("Content-Length", str(len(payload)))
+        if self.send_length:  # without it, the body ends when the connection closes (HTTP/1.0)
+            self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         if self.cut_after is not None:
             payload = payload[:self.cut_after]
@@ -196,13 +249,15 @@ class _Handler(BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def serve(files: dict[str, bytes], *, honour_range: bool = True, cut_after: int | None = None,
-          lifetime: float = 60.0) -> Iterator[tuple[str, list[dict], type]]:
+          send_length: bool = True, lifetime: float = 60.0) -> Iterator[tuple[str, list[dict], type]]:
     """Serve ``files`` (path -> bytes) on 127.0.0.1, a free port; stops on exit or after ``lifetime`` s.
+
+    ``send_length=False`` leaves out ``Content-Length``, as some servers and proxies do.
 
     Yields ``(base_url, request_log, handler_class)``; the handler's ``cut_after`` can be changed live.
     """
     handler = type("Handler", (_Handler,), {"files": files, "log": [], "honour_range": honour_range,
-                                            "cut_after": cut_after})
+                                            "cut_after": cut_after, "send_length": send_length})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

@@ -30,6 +30,9 @@ from gradscope.data.locations import resolve_data_dir
 FOLDER = "cifar-10-batches-py"
 SPLITS = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 NATIVE_SIZE = 32
+#: A genuine batch is about 31 MB (10 000 images of 3072 bytes plus labels and file names);
+#: a much larger file is not one, and would be unpickled whole into memory.
+MAX_BATCH_BYTES = 40_000_000
 
 try:  # numpy >= 2 moved the implementation to numpy._core; old pickles still name numpy.core
     from numpy._core.multiarray import _reconstruct
@@ -87,12 +90,16 @@ def read_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, list[int]]:
     path = Path(path)
     try:
         with open(path, "rb") as handle:
-            batch = RestrictedUnpickler(handle, label=str(path)).load()
+            size = os.fstat(handle.fileno()).st_size
+            batch = RestrictedUnpickler(handle, label=str(path)).load() if size <= MAX_BATCH_BYTES else None
     except UnsafePickleError:
         raise
-    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError) as exc:
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError, OSError) as exc:
         raise ValueError(f"cannot read CIFAR-10 batch {path}: {exc}; delete it and extract or "
                          "download the archive again") from None
+    if size > MAX_BATCH_BYTES:
+        raise ValueError(f"{path} is {size:,} bytes, more than the {MAX_BATCH_BYTES:,} of a CIFAR-10 batch; "
+                         "delete it and extract or download the archive again")
     data = batch.get("data") if isinstance(batch, dict) else None
     labels = batch.get("labels") if isinstance(batch, dict) else None
     if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2

@@ -9,12 +9,19 @@ what "resize the shorter side, then center crop" selects), resized to
 
 Files are read either from a directory tree or straight from a zip archive
 (CelebA's ``img_align_celeba.zip``) without extracting it; each worker process
-opens the zip on its own, since a shared file offset would mix up reads.
+opens the zip on its own, since a shared file offset would mix up reads. A zip member
+larger than :data:`MAX_IMAGE_FILE_BYTES` is refused from the archive's directory,
+before it is read.
+
+Every error about a file is a one-line :class:`~gradscope.data.errors.DataFileError`
+(a ``ValueError``) naming it, on the first line even when raised in a ``DataLoader``
+worker.
 """
 from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -22,7 +29,13 @@ from torch import Tensor
 
 from gradscope._checks import check_int_at_least
 from gradscope.data.base import GANDataset
-from gradscope.data.imaging import center_crop, decode_image_file, pixels_to_unit, resize_images
+from gradscope.data.errors import DataFileError
+from gradscope.data.imaging import (
+    center_crop,
+    decode_image_file,
+    pixels_to_unit,
+    resize_images,
+)
 from gradscope.data.locations import first_existing, missing, resolve_data_dir
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -34,6 +47,10 @@ IMAGENET_HELP = ("ImageNet needs a registered account: get the ILSVRC2012 traini
                  "https://image-net.org and put the class folders (<wnid>/*.JPEG) under "
                  "<data-dir>/imagenet/train/")
 FOLDER_HELP = "point --data-dir at a directory that contains images"
+
+#: Largest image file read from a zip archive into memory, in bytes. CelebA's aligned faces
+#: are about 10 KB and ImageNet's largest JPEGs a few MB; the read happens in every worker.
+MAX_IMAGE_FILE_BYTES = 64 << 20
 
 
 def _is_image(name: str) -> bool:
@@ -112,12 +129,22 @@ class ImageFileDataset(GANDataset):
     def _read(self, member: str) -> bytes | Path:
         if self.location.is_dir():
             return self.location / member
-        if self._zip is None or self._zip_pid != os.getpid():
-            self._zip, self._zip_pid = zipfile.ZipFile(self.location), os.getpid()
+        cap = MAX_IMAGE_FILE_BYTES
         try:
-            return self._zip.read(member)
-        except (KeyError, zipfile.BadZipFile, OSError) as exc:
-            raise ValueError(f"cannot read {member} from {self.location}: {exc}; download it again") from None
+            if self._zip is None or self._zip_pid != os.getpid():
+                self._zip, self._zip_pid = zipfile.ZipFile(self.location), os.getpid()
+            info = self._zip.getinfo(member)
+            if info.file_size > cap:
+                raise DataFileError(f"refusing to read {member} from {self.location}: it is {info.file_size:,} "
+                                    f"bytes, over the cap of {cap:,} bytes for one image file; remove it")
+            with self._zip.open(info) as handle:
+                payload = handle.read(cap + 1)  # bounded even if the directory understates the size
+        except (KeyError, zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+            raise DataFileError(f"cannot read {member} from {self.location}: {exc}; download it again") from None
+        if len(payload) > cap:
+            raise DataFileError(f"refusing to read {member} from {self.location}: it is over the cap of {cap:,} "
+                                "bytes for one image file; remove it")
+        return payload
 
     def __len__(self) -> int:
         return len(self.members)
@@ -129,7 +156,7 @@ class ImageFileDataset(GANDataset):
         try:
             square = center_crop(pixels, self.crop)
         except ValueError as exc:
-            raise ValueError(f"{label}: {exc}") from None
+            raise DataFileError(f"{label}: {exc}") from None
         return pixels_to_unit(resize_images(square.to(torch.float32), self.image_size))
 
     @property

@@ -6,16 +6,31 @@ window of input pixels (an exact 2x2 block mean for a factor of 2, adaptive
 average pooling otherwise), which cannot alias; enlarging uses ``bicubic``
 interpolation followed by a clamp to the input's value range, because bicubic
 overshoots near edges.
+
+Decoding is bounded: an image larger than :data:`MAX_IMAGE_PIXELS` is refused from
+its header, before any pixel is decoded (a 27 KB PNG can declare 15000 x 15000
+pixels, 675 MB as RGB).
 """
 from __future__ import annotations
 
 import io
+import re
+import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from gradscope.data.errors import DataFileError
+
+#: Largest image decoded, in pixels: 64 megapixels (8192 x 8192, 192 MiB as RGB). The
+#: datasets' images are far smaller (CelebA 178 x 218, ImageNet a few megapixels), and a
+#: camera's 50-megapixel photo still passes; each DataLoader worker may decode one at a time.
+MAX_IMAGE_PIXELS = 1 << 26
 
 
 def resize_images(images: Tensor, size: int, *, low: float = 0.0, high: float = 255.0) -> Tensor:
@@ -84,22 +99,39 @@ def quantize(images: Tensor) -> Tensor:
     return images.round().clamp_(0, 255).to(torch.uint8)
 
 
+def _too_large(label: str, size: str) -> DataFileError:
+    return DataFileError(f"refusing to decode image {label}: {size} pixels, over the cap of {MAX_IMAGE_PIXELS:,} "
+                         "pixels; shrink or remove the file")
+
+
 def decode_image_file(source: str | Path | bytes, *, label: str) -> Tensor:
     """Decode an image file (path or bytes) into an RGB ``uint8`` tensor ``(3, H, W)``.
 
     Any format PIL reads is accepted; grayscale, palette and alpha images are
-    converted to RGB. A file PIL cannot decode raises a one-line ``ValueError``
+    converted to RGB. A file PIL cannot decode, or one over :data:`MAX_IMAGE_PIXELS`,
+    raises a one-line :class:`~gradscope.data.errors.DataFileError` (a ``ValueError``)
     naming ``label`` (the path or archive member shown to the user).
     """
     from PIL import Image, UnidentifiedImageError
 
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with Image.open(handle) as image:
-            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        with warnings.catch_warnings():
+            # PIL warns from 89 megapixels and refuses from 179; the cap below decides instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(handle) as image:  # reads the header only
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise _too_large(label, f"{width}x{height} = {width * height:,}")
+                rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except DataFileError:
+        raise
+    except Image.DecompressionBombError as exc:  # over PIL's own limit: refused before the size was seen
+        counted = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _too_large(label, f"{int(counted.group(1)):,}" if counted else "more than PIL's limit of") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"cannot decode image {label}: {reason}; replace or remove the file") from None
+        raise DataFileError(f"cannot decode image {label}: {reason}; replace or remove the file") from None
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
 

