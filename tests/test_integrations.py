@@ -69,8 +69,8 @@ def test_optional_libraries_are_not_imported_and_a_missing_one_names_its_extra()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == [
         "[]",
-        "GradscopeCallback needs PyTorch Lightning: pip install 'gradscope[lightning]'",
-        "GradscopeTrainerCallback needs Hugging Face transformers: pip install 'gradscope[transformers]'"]
+        "GradscopeCallback needs PyTorch Lightning: pip install 'lightning>=2.1'",
+        "GradscopeTrainerCallback needs Hugging Face transformers: pip install 'transformers>=4.41' 'accelerate>=1.1'"]
 
 
 def test_watch_marks_one_step_per_optimizer_step_and_records_the_true_gradient(tmp_path):

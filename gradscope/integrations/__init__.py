@@ -2,12 +2,12 @@
 
 - :func:`watch` (also ``gradscope.watch``): a context manager around a plain loop; every
   ``optimizer.step()`` marks a step, the loop body stays as it is;
-- :class:`GradscopeCallback`: a Lightning ``Callback`` (``pip install 'gradscope[lightning]'``);
+- :class:`GradscopeCallback`: a Lightning ``Callback`` (``pip install 'lightning>=2.1'``);
 - :class:`GradscopeTrainerCallback`: a ``transformers.TrainerCallback``
-  (``pip install 'gradscope[transformers]'``).
+  (``pip install 'transformers>=4.41' 'accelerate>=1.1'``).
 
 Each writes a gradscope run directory (:func:`gradscope.load_run`, ``gradscope plot``), optionally
-with TensorBoard events (``tensorboard=True``, ``pip install 'gradscope[tensorboard]'``). Names are
+with TensorBoard events (``tensorboard=True``, ``pip install 'tensorboard>=2.12'``). Names are
 imported on first use: importing this package (or ``gradscope``) never imports Lightning or
 transformers, and using a callback without its library raises a one-line ``ImportError`` naming
 the extra to install.

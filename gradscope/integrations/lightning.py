@@ -1,4 +1,4 @@
-"""``GradscopeCallback``: record a PyTorch Lightning fit (``pip install 'gradscope[lightning]'``).
+"""``GradscopeCallback``: record a PyTorch Lightning fit (``pip install 'lightning>=2.1'``).
 
 How steps are marked
 --------------------
@@ -53,9 +53,10 @@ from torch import nn
 
 from gradscope.integrations._core import (Session, StepHooks, check_phases, check_recorder_options, resolve_models,
                                           state_of)
+from gradscope._install import LIGHTNING
 from gradscope.record import Recorder
 
-INSTALL_HINT = "GradscopeCallback needs PyTorch Lightning: pip install 'gradscope[lightning]'"
+INSTALL_HINT = f"GradscopeCallback needs PyTorch Lightning: {LIGHTNING}"
 
 try:
     import lightning
@@ -79,7 +80,7 @@ class GradscopeCallback(Callback):
     every : int
         Record the cheap statistics on steps divisible by ``every``.
     tensorboard : bool
-        Also write TensorBoard events to ``out/tensorboard`` (``pip install 'gradscope[tensorboard]'``).
+        Also write TensorBoard events to ``out/tensorboard`` (``pip install 'tensorboard>=2.12'``).
     phases : sequence of str, optional
         Phase names of ``trainer.optimizers``, in ``configure_optimizers`` order (``("g", "d")``);
         default ``"train"`` for one optimizer, else ``opt0``, ``opt1``, ...

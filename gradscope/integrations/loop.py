@@ -38,7 +38,7 @@ def watch(models: nn.Module | Mapping[str, nn.Module],
     every : int
         Record the cheap statistics on steps divisible by ``every``.
     tensorboard : bool
-        Also write TensorBoard events to ``out/tensorboard`` (``pip install 'gradscope[tensorboard]'``).
+        Also write TensorBoard events to ``out/tensorboard`` (``pip install 'tensorboard>=2.12'``).
     start_step : int
         Number of the first iteration (1: step ``k`` is the state after ``k`` updates, as in
         ``gradscope run``, Lightning's and Hugging Face's ``global_step``).

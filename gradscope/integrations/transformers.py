@@ -1,4 +1,5 @@
-"""``GradscopeTrainerCallback``: record a Hugging Face ``Trainer`` (``pip install 'gradscope[transformers]'``).
+"""``GradscopeTrainerCallback``: record a Hugging Face ``Trainer``
+(``pip install 'transformers>=4.41' 'accelerate>=1.1'``).
 
 How steps are marked
 --------------------
@@ -45,9 +46,10 @@ from torch import nn
 
 from gradscope.integrations._core import (Session, check_name, check_recorder_options, resolve_models, state_of,
                                           unwrap_compiled)
+from gradscope._install import TRANSFORMERS
 from gradscope.record import Recorder
 
-INSTALL_HINT = "GradscopeTrainerCallback needs Hugging Face transformers: pip install 'gradscope[transformers]'"
+INSTALL_HINT = f"GradscopeTrainerCallback needs Hugging Face transformers: {TRANSFORMERS}"
 
 try:
     import transformers
@@ -70,7 +72,7 @@ class GradscopeTrainerCallback(TrainerCallback):
     every : int
         Record the cheap statistics on steps divisible by ``every``.
     tensorboard : bool
-        Also write TensorBoard events to ``out/tensorboard`` (``pip install 'gradscope[tensorboard]'``).
+        Also write TensorBoard events to ``out/tensorboard`` (``pip install 'tensorboard>=2.12'``).
     phase : str
         The phase name of the recorded steps.
     scalars : bool

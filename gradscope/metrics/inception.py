@@ -1,4 +1,4 @@
-"""Inception-v3 features through torch-fidelity (optional extra ``gradscope[fidelity]``).
+"""Inception-v3 features through torch-fidelity (optional: ``pip install --no-deps torch-fidelity==0.4.0``).
 
 gradscope does not ship an Inception network: it uses torch-fidelity's
 ``FeatureExtractorInceptionV3`` (the TF-compatible port that FID / IS / KID
@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from gradscope._install import FIDELITY
 
 __all__ = ["InceptionExtractor", "InceptionUnavailable", "inception_weights_file", "torch_fidelity_inception_class"]
 
@@ -82,7 +84,7 @@ def torch_fidelity_inception_class() -> tuple[type, str]:
         module = importlib.import_module(MODULE)
     except ModuleNotFoundError as exc:
         if exc.name is not None and exc.name.split(".")[0] == PACKAGE:
-            raise InceptionUnavailable("torch-fidelity is not installed (pip install 'gradscope[fidelity]')") from None
+            raise InceptionUnavailable(f"torch-fidelity is not installed ({FIDELITY})") from None
         try:  # most likely torchvision, needed only by torch-fidelity's other extractors
             module = _import_without_package_init()
         except Exception as inner:  # noqa: BLE001 - report any failure of the library as unavailability

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from gradscope._install import TENSORBOARD
 from gradscope.record.layers import ParamTarget
 
-INSTALL_HINT = "TensorBoard output needs the tensorboard package: pip install 'gradscope[tensorboard]'"
+INSTALL_HINT = f"TensorBoard output needs the tensorboard package: {TENSORBOARD}"
 
 
 def tensorboard_available() -> bool:

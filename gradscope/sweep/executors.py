@@ -117,7 +117,8 @@ def run_ray(launches: list[Launch], *, address: str | None, gpus_per_run: float 
     try:
         import ray
     except ImportError:
-        raise ValueError("the ray executor needs Ray: pip install 'gradscope[ray]'") from None
+        from gradscope._install import RAY
+        raise ValueError(f"the ray executor needs Ray: {RAY}") from None
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     if gpus_per_run is None:  # one GPU per run wherever the cluster has GPUs
