@@ -12,13 +12,13 @@ from torch import Tensor, nn
 from gradscope._checks import check_int_at_least, check_positive
 from gradscope.record.alerts import DEFAULT_RULES, AlertMonitor, AlertRule, print_alert
 from gradscope.record.buffer import PackedStep, StepBuffer
+from gradscope.record.families import FAMILIES, StepContext
 from gradscope.record.hooks import Observer
 from gradscope.record.layers import Layer, check_name, discover_layers, normalize_models
 from gradscope.record.outbox import Outbox, scalar_batches
 from gradscope.record.probes import hessian_norms, input_gradient_norms
 from gradscope.record.reader import Run
-from gradscope.record.schedule import Schedule
-from gradscope.record.families import FAMILIES, StepContext
+from gradscope.record.schedule import RecordEvery, Schedule
 from gradscope.record.stats import SLOPE_SCALARS, resolve_stats
 from gradscope.record.storage import RunWriter
 from gradscope.record.tensorboard import INSTALL_HINT, tensorboard_available
@@ -34,10 +34,13 @@ class Recorder:
     models : nn.Module or dict of str to nn.Module
         What to watch, e.g. ``{"D": disc, "G": gen}``; a single module is named ``"model"``.
         Every ``Linear`` / ``Conv`` / ``ConvTranspose`` layer is recorded (normalized or not).
-    every : int
-        Record the cheap statistics on steps divisible by ``every``.
+    every : int, str or RecordEvery
+        Record the cheap statistics on steps divisible by ``every``, or on a :class:`RecordEvery`
+        schedule for long runs (dense early, sparse later), also given as its compact text such as
+        ``"1@1000,10@10000,100"`` or ``"1@1000,log20"``.
     exact_every : int, optional
-        Also record exact spectral norms (``sigma_raw_*``, ``sigma_op``) on steps divisible by it.
+        Also record exact spectral norms (``sigma_raw_*``, ``sigma_op``) on steps divisible by it,
+        whether or not ``every`` records the step (such a step then holds the exact rows only).
     stats : iterable of str, optional
         Subset of :data:`gradscope.record.STATS`; default all on the active schedules.
     out : str, Path or RunWriter, optional
@@ -59,15 +62,17 @@ class Recorder:
     hessian_nets : iterable of str, optional
         Nets whose Hessian to probe (default: those returning one value per sample).
     slopes_every : int, optional
-        :meth:`record_input_gradients` computes only on steps divisible by this (a multiple of
-        ``every``; default ``every``). It costs one extra input-gradient backward pass through the
-        net (about 20% of an SNDCGAN GAN step on CPU), so a slower schedule keeps it cheap.
+        :meth:`record_input_gradients` computes only on recorded steps divisible by this (a multiple
+        of an int ``every``; default: every recorded step). It costs one extra input-gradient backward
+        pass through the net (about 20% of an SNDCGAN GAN step on CPU), so a slower schedule keeps it
+        cheap.
     operator_every : int, optional
         A convolution's ``sigma_op`` (its operator norm on its input size) advances its warm-started
-        power step on steps divisible by this (a multiple of ``every``; default ``10 * every``): the
-        step is a batch-1 convolution and its transpose per layer, about as costly as the rest of the
-        recorder together on a deep CNN. Linear layers' ``sigma_op`` and every ``sigma_fwd`` are
-        taken every recorded step.
+        power step on recorded steps divisible by this (a multiple of an int ``every``; default
+        ``10 * every``, and for a schedule every 10th step of the period in force, see
+        :meth:`RecordEvery.tick`): the step is a batch-1 convolution and its transpose per layer,
+        about as costly as the rest of the recorder together on a deep CNN. Linear layers'
+        ``sigma_op`` and every ``sigma_fwd`` are taken every recorded step.
     tensorboard : bool
         Also write TensorBoard events to ``out/tensorboard`` (needs the ``tensorboard`` package).
     alert_printer : callable, optional
@@ -89,8 +94,9 @@ class Recorder:
     ['0', '2']
     """
 
-    def __init__(self, models: nn.Module | Mapping[str, nn.Module], every: int = 1, exact_every: int | None = None,
-                 stats: Iterable[str] | None = None, out: str | os.PathLike | RunWriter | None = None,
+    def __init__(self, models: nn.Module | Mapping[str, nn.Module], every: int | str | RecordEvery = 1,
+                 exact_every: int | None = None, stats: Iterable[str] | None = None,
+                 out: str | os.PathLike | RunWriter | None = None,
                  flush_every: int = 100, alerts: Iterable[AlertRule] | None = None,
                  hessian_every: int | None = None, device_sync_every: int | None = None, *,
                  hessian_iterations: int = 20, hessian_tol: float = 1e-4, hessian_nets: Iterable[str] | None = None,
@@ -171,9 +177,9 @@ class Recorder:
 
     def settings(self) -> dict[str, Any]:
         """The recorder's configuration as plain data (for a run's config.json)."""
-        return {"nets": list(self.models), "every": self.every, "exact_every": self.exact_every,
-                "hessian_every": self.hessian_every, "slopes_every": self.slopes_every,
-                "operator_every": self.operator_every,
+        return {"nets": list(self.models), "every": self.schedule.record.setting(),
+                "exact_every": self.exact_every, "hessian_every": self.hessian_every,
+                "slopes_every": self.slopes_every, "operator_every": self.operator_every,
                 "flush_every": self.flush_every, "stats": list(self.stats),
                 "alerts": self.monitor.state_dict()["rules"]}
 
