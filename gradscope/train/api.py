@@ -14,6 +14,7 @@ Exit codes (also :attr:`RunResult.exit_code`; ``gradscope run`` exits with them)
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -25,13 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradscope.train.checkpoint import find_checkpoint, load_checkpoint
+from gradscope.train.checkpoint import FINAL_FILE, CheckpointError, list_checkpoints, remove_temporary_files, \
+    select_checkpoint, set_aside
 from gradscope.train.config import RunConfig, check_inception_weights, default_run_dir
 from gradscope.train.distributed import DistContext, configure_threads, init_distributed, is_small_problem, \
     resolve_device
 from gradscope.train.loop import LoopOutcome, Trainer
 from gradscope.train.progress import Progress
-from gradscope.train.rundir import prepare_new_run, resume_config, stored_config
+from gradscope.train.rundir import disk_usage, prepare_new_run, resume_config, stored_config
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -193,21 +195,38 @@ def _execute(config: RunConfig, *, resuming: bool, overwrite: bool) -> RunResult
         threads = configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), small=small, recorded=recorded)
         run_dir = _agreed_run_dir(config, context)
         config = config.replace(out=str(run_dir))
-        payload = None
+        payload = source = None
+        rejected: list[tuple[Path, str]] = []
+        if resuming and not list_checkpoints(run_dir):
+            _warn(context, f"{run_dir} has no checkpoint yet (it stopped before its first one); starting it "
+                           "again from step 0")
+            resuming, overwrite = False, True
         if resuming:
             # On the CPU: RNG states must stay CPU tensors; modules and optimizers move their own parts.
-            payload = load_checkpoint(find_checkpoint(run_dir), map_location="cpu")
+            source, payload, rejected = select_checkpoint(run_dir, config, map_location="cpu")
         else:
             prepare_new_run(run_dir, config, overwrite=overwrite, clear=context.is_main)
-        context.barrier()  # every rank has checked --out before rank 0 writes into it
+        context.barrier()  # every rank has checked --out (and read its checkpoint) before rank 0 writes into it
+        if context.is_main:
+            remove_temporary_files(run_dir)
+            for path, reason in rejected:
+                moved = set_aside(path)
+                _warn(context, f"warning: {reason}; renamed it {moved.name} and resuming from {source.name}")
         dataset = _load_data(config, context)
-        outcome, trainer = _train(config, dataset, device, context, run_dir, payload, resuming, overwrite, threads)
+        outcome, trainer = _train(config, dataset, device, context, run_dir, payload, resuming, overwrite, threads,
+                                  source)
     finally:
         context.close()
     code = {"done": EXIT_OK, "diverged": EXIT_DIVERGED}.get(outcome.state, EXIT_SIGNAL_BASE + (outcome.signal or 2))
     return RunResult(run_dir, outcome.state, outcome.step, outcome.metrics, code, outcome.reason,
                      time.perf_counter() - started, trainer.G, trainer.D,
                      trainer.ema.module if trainer.ema is not None else None)
+
+
+def _warn(context: DistContext, message: str) -> None:
+    """One line on stderr from rank 0, also under ``--quiet``."""
+    if context.is_main:
+        print(f"gradscope run: {message}", file=sys.stderr, flush=True)
 
 
 def _load_data(config: RunConfig, context: DistContext):
@@ -228,7 +247,7 @@ def _load_data(config: RunConfig, context: DistContext):
 
 def _train(config: RunConfig, dataset, device: torch.device, context: DistContext, run_dir: Path,
            payload: dict[str, Any] | None, resuming: bool, overwrite: bool,
-           threads: int) -> tuple[LoopOutcome, Trainer]:
+           threads: int, source: Path | None = None) -> tuple[LoopOutcome, Trainer]:
     from gradscope.record import Recorder, RunWriter
 
     start = int(payload["step"]) if payload is not None else 0
@@ -247,7 +266,12 @@ def _train(config: RunConfig, dataset, device: torch.device, context: DistContex
                                 alert_printer=None if config.quiet else progress.write, start_step=start + 1)
             trainer.attach_recorder(recorder)
         if payload is not None:
-            trainer.load_state_dict(payload)
+            try:
+                trainer.load_state_dict(payload)
+            except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+                detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+                raise CheckpointError(f"checkpoint {source} does not fit this run ({type(exc).__name__}: "
+                                      f"{detail})") from None
         if writer is not None:
             writer.write_config({**config.to_dict(), "world_size": context.world_size, "cpu_threads": threads,
                                  "recorder": recorder.settings() if recorder is not None else None})
@@ -269,16 +293,56 @@ def _train(config: RunConfig, dataset, device: torch.device, context: DistContex
         if recorder is not None:
             recorder.close(outcome.state)
         trainer.log.flush()
+        if outcome.state == "done" and config.export_final:
+            trainer.export_final()  # before "done": a done run that asked for final.pt has it
         info = {"reason": outcome.reason} if outcome.reason else {}
         writer.set_status(outcome.state, step=outcome.step, **info)
-    _report(outcome, run_dir, progress)
+    _report(outcome, run_dir, progress, config)
     return outcome, trainer
 
 
-def _report(outcome: LoopOutcome, run_dir: Path, progress: Progress) -> None:
-    """A finished run is announced on stdout (not when quiet); a stopped one always on stderr."""
+def _metric_hint(name: str) -> str:
+    if name.endswith(("_fid", "_kid_mean")) or name == "kl_uniform":
+        return " (lower is better)"
+    if name.endswith("_is_mean") or name in ("modes_covered", "high_quality_fraction"):
+        return " (higher is better)"
+    return ""
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def summary_lines(outcome: LoopOutcome, run_dir: Path, config: RunConfig) -> list[str]:
+    """What the end of a finished ``gradscope run`` prints: final metrics, size on disk, the next commands."""
+    run = shlex.quote(str(run_dir))
+    lines = [f"done at step {outcome.step}; run directory {run_dir}"]
+    shown = {k: v for k, v in outcome.metrics.items() if not k.endswith("_std")}
+    if shown:
+        values = ", ".join(f"{k} {v:.4g}{_metric_hint(k)}" for k, v in shown.items())
+        lines.append(f"final metrics (step {outcome.step}, {config.eval_samples} samples): {values}")
+    else:
+        lines.append(f"no sample-quality evaluation (--eval-every 0); gradscope eval {run} computes one")
+    sizes = disk_usage(run_dir)
+    count = len(list_checkpoints(run_dir))
+    files = f"{count} file{'s' * (count != 1)}, --keep-checkpoints {config.keep_checkpoints}"
+    parts = [f"checkpoints {_megabytes(sizes['checkpoints'])} ({files})"]
+    if sizes["final"]:
+        parts.append(f"{FINAL_FILE} {_megabytes(sizes['final'])} (weights only)")
+    lines.append(f"on disk: {_megabytes(sizes['total'])} in all; " + ", ".join(parts))
+    lines += ["next:", f"  gradscope plot {run} -o {shlex.quote(str(run_dir / 'plots'))}",
+              f"  gradscope report {run} -o {shlex.quote(str(run_dir / 'report.html'))}",
+              f"  gradscope eval {run}",
+              f"  gradscope run --resume {run} --iterations {2 * outcome.step}"]
+    return lines
+
+
+def _report(outcome: LoopOutcome, run_dir: Path, progress: Progress, config: RunConfig) -> None:
+    """A finished run is summarized on stdout (not when quiet); a stopped one always on stderr."""
     if outcome.state == "done":
-        progress.write(f"done at step {outcome.step}; run directory {run_dir}")
+        if progress.enabled:
+            for line in summary_lines(outcome, run_dir, config):
+                progress.write(line)
     elif outcome.state == "diverged":
         print(f"gradscope run: diverged: {outcome.reason}; recorded data and the last good checkpoint are "
               f"kept in {run_dir}", file=sys.stderr, flush=True)

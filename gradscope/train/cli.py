@@ -13,7 +13,9 @@ import dataclasses
 import sys
 from typing import Any
 
-from gradscope.train.config import AMP_MODES, DEVICES, FIELD_NAMES, LOSSES, OPTIMIZERS, RunConfig, resolve_config
+from gradscope.train.config import AMP_MODES, DEVICES, FIELD_NAMES, LOSSES, OPTIMIZERS, RUNTIME_FIELDS, RunConfig, \
+    resolve_config
+
 
 def _choices() -> dict[str, tuple[str, ...]]:
     """Flags whose value is one of a fixed list: listed in --help, checked by RunConfig (one-line errors)."""
@@ -77,10 +79,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, **kwargs)
     parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="TOML file of settings; keys mirror the flags (e.g. lr-d = 1e-4); flags override it")
+    runtime = ", ".join("--" + name.replace("_", "-") for name in sorted(RUNTIME_FIELDS - {"out"}))
     parser.add_argument("--resume", metavar="DIR", default=argparse.SUPPRESS,
-                        help="continue the run in DIR from its newest checkpoint, exactly; only --iterations, "
-                             "--device, --quiet, --data-dir, --workers, --download, --inception-weights and "
-                             "--tensorboard may be given with it")
+                        help="continue the run in DIR exactly, from its newest checkpoint that is intact and "
+                             "belongs to DIR's run (a damaged or foreign newer one is renamed *.rejected, with "
+                             "a warning); a run stopped before its first checkpoint starts again from step 0. "
+                             f"Only {runtime} may be given with it")
     parser.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
                         help="replace the run already in --out (only gradscope's files are removed; without it "
                              "nothing on disk is overwritten)")
@@ -110,6 +114,8 @@ def execute(args: argparse.Namespace) -> int:
         else:
             result = train(config_from_args(args), overwrite=overwrite)
     except KeyboardInterrupt:
-        print("gradscope run: interrupted before a checkpoint could be written", file=sys.stderr)
+        where = getattr(args, "resume", None) or values.get("out")
+        hint = f"; gradscope run --resume {where} continues it (from step 0 if it has no checkpoint)" if where else ""
+        print(f"gradscope run: interrupted before a checkpoint could be written{hint}", file=sys.stderr)
         return EXIT_SIGNAL_BASE + 2
     return result.exit_code

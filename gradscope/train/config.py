@@ -46,7 +46,8 @@ REFERENCE_WIDTH = 1.0
 #: Fields that say where and how a run executes, not what it computes: they may
 #: differ between an interrupted run and its continuation.
 RUNTIME_FIELDS: frozenset[str] = frozenset(
-    {"out", "device", "data_dir", "download", "workers", "quiet", "iterations", "inception_weights", "tensorboard"})
+    {"out", "device", "data_dir", "download", "workers", "quiet", "iterations", "inception_weights", "tensorboard",
+     "export_final"})
 #: What ``--inception-weights`` must hold; named in its help and in the error for a missing file.
 INCEPTION_WEIGHTS_FILE = "torch-fidelity's pt_inception-2015-12-05 weights (weights-inception-2015-12-05-6726825d.pth)"
 INCEPTION_WEIGHTS_HELP = (f"local file of {INCEPTION_WEIGHTS_FILE}, for Inception FID / IS / KID without a "
@@ -122,18 +123,29 @@ class RunConfig:
     sample_every: int = _opt(200, "save a PNG grid of samples every N iterations (0: only at the end)")
     checkpoint_every: int = _opt(200, "write a checkpoint every N iterations (and at the end, and on "
                                       "Ctrl-C / SIGTERM)")
-    keep_checkpoints: int = _opt(3, "how many checkpoints to keep, newest first (0: keep all)")
+    keep_checkpoints: int = _opt(3, "how many checkpoints to keep, newest first; 0 keeps every one. --resume "
+                                    "needs only the newest; keep 2 or more so that a damaged newest one falls "
+                                    "back to the one before it. Each holds D, G, G's average and both "
+                                    "optimizers' moments (the end of a run prints their size)", metavar="N")
+    export_final: bool = _opt(False, "at the end of the run also write <out>/final.pt: the weights of D, G and "
+                                     "G's average with the config, no optimizer state (about half a checkpoint; "
+                                     "torch.load(..., weights_only=True) reads it); may be given with --resume")
     record: bool = _opt(True, "attach the recorder (per-layer statistics); --no-record turns it off",
                         flag="--no-record")
-    record_every: int = _opt(1, "record the cheap per-layer statistics every N iterations")
+    record_every: int | str = _opt(1, "record the cheap per-layer statistics every N iterations, or on a "
+                                      "schedule for long runs: parts P@U (every P iterations below iteration "
+                                      "U) then a last period, where a period is N or logK (K iterations per "
+                                      "decade), e.g. 1@1000,10@10000,100 or 1@1000,log20 (--exact-every "
+                                      "keeps its own iterations)", metavar="N|SCHEDULE")
     slopes_every: int | None = _opt(None, "record the per-sample norms of grad_x D(x) on real and fake batches "
-                                          "every N iterations (a multiple of --record-every; one extra backward "
-                                          "pass each); default: --record-every")
+                                          "on the recorded iterations divisible by N (a multiple of an integer "
+                                          "--record-every; one extra backward pass each); default: every "
+                                          "recorded iteration")
     exact_every: int = _opt(200, "compute the exact spectral norms (conv operator norms) every N iterations "
                                 "(0: never)")
     flush_every: int = _opt(50, "write recorded data to disk at least every N iterations")
     tensorboard: bool = _opt(False, "also write the recorded statistics and losses as TensorBoard events to "
-                                    "<out>/tensorboard (pip install 'gradscope[tensorboard]'); kept by --resume")
+                                    "<out>/tensorboard (pip install 'tensorboard>=2.12'); kept by --resume")
     device: str = _opt("auto", "cpu, cuda, mps, or auto (cuda when available, else cpu)")
     amp: str = _opt("none", "mixed precision on CUDA: none or bf16 (rejected on CPU, where results must "
                             "not change)")
@@ -145,7 +157,8 @@ class RunConfig:
                                                "datasets other than digits", metavar="PATH")
     workers: int = _opt(2, "data-loading worker processes for datasets read from files")
     out: str | None = _opt(None, "run directory; default ./runs/<dataset>-<arch>-<norm>-<loss>-s<seed>-<time>")
-    quiet: bool = _opt(False, "no progress bar and no per-evaluation lines; errors are still printed")
+    quiet: bool = _opt(False, "no progress bar, no per-evaluation lines and no end-of-run summary; warnings "
+                              "and errors are still printed")
     preset: str | None = _opt(None, "start from the authors' setting A, B or C (flags and --config override it; "
                                     "in the API use RunConfig.from_preset)")
 
@@ -199,7 +212,8 @@ class RunConfig:
         if not float(self.ema) < 1.0:
             raise ValueError(f"ema must be a decay in [0, 1) (0 turns it off), got {self.ema!r}")
         set_(self, "ema", float(self.ema))
-        for name in ("iterations", "batch_size", "n_dis", "eval_samples", "record_every", "flush_every"):
+        set_(self, "record_every", _check_record_every(self.record_every))
+        for name in ("iterations", "batch_size", "n_dis", "eval_samples", "flush_every"):
             check_int_at_least(name, getattr(self, name), 1)
         for name in ("seed", "eval_every", "sample_every", "checkpoint_every", "keep_checkpoints",
                      "exact_every", "workers"):
@@ -211,14 +225,15 @@ class RunConfig:
             if not isinstance(self.inception_weights, (str, os.PathLike)) or not str(self.inception_weights):
                 raise ValueError(f"inception_weights must be a file path, got {self.inception_weights!r}")
             set_(self, "inception_weights", str(self.inception_weights))
-        for name in ("record", "download", "compile", "quiet", "tensorboard"):
+        for name in ("record", "download", "compile", "quiet", "tensorboard", "export_final"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.tensorboard and not self.record:
             raise ValueError("--tensorboard shows what the recorder records; drop --no-record or --tensorboard")
         if self.norm == "none" and self.scale != 1.0:
             raise ValueError(f"--scale {self.scale:g} needs a normalization; --norm none leaves D's weights as they are")
-        if self.slopes_every is not None and self.slopes_every % self.record_every:
+        plain = isinstance(self.record_every, int)
+        if self.slopes_every is not None and plain and self.slopes_every % self.record_every:
             raise ValueError(f"--slopes-every {self.slopes_every} must be a multiple of --record-every "
                              f"{self.record_every}")
         if points != (self.arch == "mlp"):
@@ -291,6 +306,13 @@ def _check_betas(betas: Any) -> tuple[float, float]:
     if len(pair) != 2 or not all(0.0 <= b < 1.0 for b in pair):
         raise ValueError(f"betas must be two numbers B1,B2 in [0, 1), got {betas!r}")
     return pair  # type: ignore[return-value]
+
+
+def _check_record_every(value: Any) -> int | str:
+    """An int for every N iterations (as config.json always held), else the schedule's canonical text."""
+    from gradscope.record.schedule import RecordEvery
+
+    return RecordEvery.of(value, what="record_every").setting()
 
 
 def _check_metrics(metrics: Any) -> tuple[str, ...]:

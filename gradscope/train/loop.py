@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from gradscope.norms import advance_power_iteration
-from gradscope.train.checkpoint import save_checkpoint
+from gradscope.train.checkpoint import CHECKPOINT_FORMAT, config_digest, save_checkpoint, save_final
 from gradscope.train.config import RunConfig
 from gradscope.train.distributed import DistContext, wrap
 from gradscope.train.evaluation import Evaluator
@@ -39,7 +39,6 @@ from gradscope.train.rng import capture_rng_state, restore_rng_state
 from gradscope.train.scalars import ScalarLog
 from gradscope.train.stream import BatchStream
 
-CHECKPOINT_FORMAT = 1
 #: Offset of the latent generator's seed from the run's seed (weights use the seed itself).
 LATENT_SEED_OFFSET = 1
 #: Steps between host synchronizations (finiteness check, progress) on an accelerator; every step on CPU.
@@ -260,6 +259,7 @@ class Trainer:
         self.log.flush()
         return {
             "format": CHECKPOINT_FORMAT, "step": self.step, "config": self.config.to_dict(),
+            "identity": {"config_digest": config_digest(self.config.identity()), "step": self.step},
             "world_size": self.context.world_size, "D": self.D.state_dict(), "G": self.G.state_dict(),
             "G_ema": self.ema.module.state_dict() if self.ema is not None else None,
             "opt_D": self.opt_D.state_dict(), "opt_G": self.opt_G.state_dict(),
@@ -270,9 +270,9 @@ class Trainer:
 
     def load_state_dict(self, payload: dict[str, Any]) -> None:
         """Continue from a checkpoint (the recorder, if any, drops what it stored after that step)."""
-        if payload.get("format") != CHECKPOINT_FORMAT:
+        if payload.get("format") not in range(1, CHECKPOINT_FORMAT + 1):
             raise ValueError(f"checkpoint format {payload.get('format')!r} is not supported "
-                             f"(expected {CHECKPOINT_FORMAT})")
+                             f"(expected 1 to {CHECKPOINT_FORMAT})")
         self.D.load_state_dict(payload["D"])
         self.G.load_state_dict(payload["G"])
         if self.ema is not None:
@@ -297,3 +297,16 @@ class Trainer:
                 self.writer.set_status("running", step=self.step, checkpoint=path.name)
         self.context.barrier()
         return path
+
+    def export_final(self) -> Path | None:
+        """Write ``<run>/final.pt`` (rank 0): the weights of D, G and G's average with the config, nothing to resume."""
+        if not self.context.is_main:
+            return None
+        data = self.dataset
+        return save_final(self.run_dir, {
+            "step": self.step, "config": self.config.to_dict(),
+            "data": {"kind": data.kind, "sample_shape": list(data.sample_shape),
+                     "image_size": getattr(data, "image_size", None), "channels": getattr(data, "channels", None)},
+            "D": self.D.state_dict(), "G": self.G.state_dict(),
+            "G_ema": self.ema.module.state_dict() if self.ema is not None else None,
+        })

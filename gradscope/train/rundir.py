@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gradscope.train.checkpoint import CHECKPOINT_DIR, list_checkpoints
+from gradscope.train.checkpoint import CHECKPOINT_DIR, FINAL_FILE, list_checkpoints
 from gradscope.train.config import RUNTIME_FIELDS, RunConfig
 from gradscope.train.evaluation import SAMPLES_DIR
 
@@ -88,6 +88,9 @@ def prepare_new_run(run_dir: str | os.PathLike[str], config: RunConfig, *, overw
     if changed:
         raise ValueError(f"--out {path} holds a different run ({'; '.join(changed[:3])}); choose another --out "
                          "or add --overwrite to replace it")
+    if not list_checkpoints(path):
+        raise ValueError(f"--out {path} already holds this run, stopped before its first checkpoint; "
+                         f"--resume {path} starts it again from step 0 (as does --overwrite)")
     raise ValueError(f"--out {path} already holds this run; continue it with --resume {path} or add --overwrite "
                      "to start it again")
 
@@ -104,3 +107,29 @@ def resume_config(run_dir: str | os.PathLike[str], changes: dict[str, Any]) -> R
         raise ValueError(f"--resume continues the run as it was configured; {named} cannot change "
                          f"(only {allowed} can)")
     return config_of_run(run_dir).replace(**{**changes, "out": str(run_dir)})
+
+
+def disk_usage(run_dir: str | os.PathLike[str]) -> dict[str, int]:
+    """Bytes on disk of the run: ``total``, its ``checkpoints`` folder and ``final`` (``final.pt``).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> disk_usage(tempfile.mkdtemp())
+    {'total': 0, 'checkpoints': 0, 'final': 0}
+    """
+    root = Path(run_dir)
+    sizes = {"total": 0, "checkpoints": 0, "final": 0}
+    for path in root.rglob("*"):
+        try:
+            if path.is_symlink() or not path.is_file():
+                continue
+            size = path.stat().st_size
+        except OSError:  # removed meanwhile
+            continue
+        sizes["total"] += size
+        if path.parent == root / CHECKPOINT_DIR:
+            sizes["checkpoints"] += size
+    final = root / FINAL_FILE
+    sizes["final"] = final.stat().st_size if final.is_file() else 0
+    return sizes
