@@ -88,9 +88,9 @@ def layer_curves(runs: pd.DataFrame, directory: Path, stats: Sequence[str], *, n
     """``sweep, arm, seed, run, step, layer, layer_index, stat, value`` for the finished runs of ``runs``."""
     frames = []
     for row, run in finished_runs(runs, directory):
-        layers = run.layers
-        rows = layers[(layers["net"] == net) & (layers["phase"] == phase) & layers["stat"].isin(list(stats))]
+        rows = run.rows(stats=list(stats), nets=[net], phases=[phase])  # read from the files, filtered there
         rows = rows[rows["step"].isin(downsample_steps(rows["step"].to_numpy(), points))]
+        rows = rows.astype({"layer": str, "stat": str, "layer_index": "int64"})
         frames.append(rows.drop(columns=["phase", "net"]).assign(sweep=row.sweep, arm=row.arm, seed=row.seed,
                                                                  run=row.run))
     columns = ["sweep", "arm", "seed", "run", "step", "layer", "layer_index", "stat", "value"]

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "reproduce": ("analyses.reproduce_cli", "run analyses at a scale and write their data and figures"),
     "plot": ("gradscope.plot.cli", "draw the standard figures of one or more recorded runs"),
     "report": ("gradscope.plot.report_cli", "write one self-contained HTML report of recorded runs"),
+    "runs": ("gradscope.record.runs_cli", "manage run directories: convert CSV chunks of older runs to Parquet"),
     "sweep": ("gradscope.sweep.cli", "run a grid of runs on a local pool or a Ray cluster, or summarize one"),
     "demo": ("gradscope.demo", "print the normalization family's spectral norms on the SNDCGAN discriminator"),
 }

@@ -2,7 +2,6 @@
 line drawn, readable log ticks, and the gradient-flow figure up to 100 layers."""
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import matplotlib.pyplot as plt
@@ -206,7 +205,7 @@ def test_sigma_panels_draw_every_line_they_promise(seq_run, gan_run):
         np.testing.assert_allclose(_line(ax, "sigma of the raw weight (layer not normalized)").get_ydata(),
                                    raw["value"].to_numpy())
     # without the operator norm recorded, it is neither drawn nor promised
-    no_op = dataclasses.replace(seq_run, layers=layers[layers["stat"] != "sigma_op"])
+    no_op = seq_run.replace(layers=layers[layers["stat"] != "sigma_op"])
     fig = run_figures([no_op], figures=["sigma"])["sigma"]
     assert "operator norm of W_eff" not in _assert_legend_lines_are_drawn(fig)
     # a normalized net: its divisor sigma (solid) and W_eff's operator norm (dotted) in every panel
@@ -240,7 +239,7 @@ def _visible_log_labels(ax):
 def test_log_axes_carry_readable_ticks_and_empty_panels_say_not_recorded(seq_run, mlp_run):
     layers = seq_run.layers
     zero = (layers["layer"] == "2") & (layers["stat"] == "grad_out_norm")
-    zeroed = dataclasses.replace(seq_run, layers=layers.assign(value=np.where(zero, 0.0, layers["value"])))
+    zeroed = seq_run.replace(layers=layers.assign(value=np.where(zero, 0.0, layers["value"])))
     figures = [run_figures([zeroed], figures=["grad_norms"])["grad_norms"],
                plot_gradient_flow(mlp_run, steps=["first", "last"]),
                plot_gradient_flow(seq_run, stats=["act_out_var", "hessian_top"])]
@@ -322,7 +321,7 @@ def test_unknown_per_parameter_statistics_are_handled(seq_run):
             for param in ("weight", "bias"):
                 extra.append({"step": step, "phase": "train", "net": "model", "layer": f"{layer}.{param}",
                               "layer_index": index, "stat": "param_custom_norm", "value": 1.0 + step + index})
-    run = dataclasses.replace(seq_run, layers=pd.concat([seq_run.layers, pd.DataFrame(extra)], ignore_index=True))
+    run = seq_run.replace(layers=pd.concat([seq_run.layers, pd.DataFrame(extra)], ignore_index=True))
     figs = run_figures([run])
     assert figs["grad_norms"] is not None and [ax.get_title() for ax in _panels(figs["grad_norms"])] == ["0", "2", "5"]
     ax = _panels(plot_gradient_flow(run, stats=["param_custom_norm"], steps=["last"]))[0]

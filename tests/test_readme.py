@@ -50,8 +50,8 @@ def test_the_training_loop_examples_run_and_write_their_runs(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "runs" / "loop" / "layers").is_dir()
-    written = {"lightning": list((tmp_path / "runs" / "lightning").rglob("gradscope/layers/*.csv")),
-               "transformers": list((tmp_path / "runs" / "hf" / "gradscope" / "layers").glob("*.csv"))}
+    written = {"lightning": list((tmp_path / "runs" / "lightning").rglob("gradscope/layers/*.parquet")),
+               "transformers": list((tmp_path / "runs" / "hf" / "gradscope" / "layers").glob("*.parquet"))}
     for block in chosen:
         for key, files in written.items():
             if key in block:

@@ -48,10 +48,10 @@ def test_resume_numbers_new_chunks_after_old_ones_and_truncate_after_drops_later
         w.flush()
     w2 = RunWriter(tmp_path, resume=True)
     w2.truncate_after(1)
-    assert sorted(p.name for p in (tmp_path / "layers").iterdir()) == ["000001.csv", "000002.csv"]
+    assert sorted(p.name for p in (tmp_path / "layers").iterdir()) == ["000001.parquet", "000002.parquet"]
     w2.append_layers(layer_rows(2, 20.0))
     w2.flush()
-    assert sorted(p.name for p in (tmp_path / "layers").iterdir())[-1] == "000005.csv"
+    assert sorted(p.name for p in (tmp_path / "layers").iterdir())[-1] == "000005.parquet"
     run = load_run(tmp_path)
     assert run.layers["value"].tolist() == [0.0, 1.0, 20.0]
     assert run.scalars["step"].tolist() == [0, 1]
@@ -105,7 +105,7 @@ def test_sigkill_mid_run_leaves_a_readable_partial_run(tmp_path) -> None:
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if len(list((out / "layers").glob("*.csv"))) >= 3:
+            if len(list((out / "layers").glob("*.parquet"))) >= 3:
                 break
             if proc.poll() is not None:
                 pytest.fail(f"recording process died: {proc.stderr.read().decode()[-2000:]}")

@@ -24,8 +24,22 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator
 
 from gradscope.plot import style
-from gradscope.plot.labels import loss_symbol, short_layer_names, stat_label, stat_meaning, uses_loss, with_note
-from gradscope.plot.selection import LabelledRun, RunLike, choose_net, choose_phase, layers_of, load_runs
+from gradscope.plot.labels import (
+    loss_symbol,
+    short_layer_names,
+    stat_label,
+    stat_meaning,
+    uses_loss,
+    with_note,
+)
+from gradscope.plot.selection import (
+    LabelledRun,
+    RunLike,
+    choose_net,
+    choose_phase,
+    layers_of,
+    load_runs,
+)
 from gradscope.plot.ticks import can_log, has_data, log_scale, mark_not_recorded
 from gradscope.record.stats import STATS
 
@@ -202,9 +216,9 @@ def _draw(panels, loaded, net, phase, loss_name, max_width) -> Figure:
     fig, axes = style.new_figure(len(ratios), 1, panel_size=(width, _PANEL_HEIGHT), height_ratios=ratios,
                                  title=f"Gradient flow: per-layer statistics from input to output at chosen steps\n"
                                        f"net {net}, phase {phase}")
-    nets = {str(n) for item in loaded for n in item.run.layers["net"].unique()}
+    nets = {n for item in loaded for n in item.run.nets()}
     for ax, (item, stat, wide, steps), order in zip(axes[:, 0], panels, orders):
-        phases = {str(p) for p in item.run.layers["phase"].unique()}
+        phases = set(item.run.phases())
         loss = loss_symbol(nets, phases, phase, item.run.config, loss_name)
         ylabel = with_note(stat_label(stat, loss), loss) if uses_loss(stat) else stat_label(stat)
         title = stat_meaning(stat) if len(loaded) == 1 else f"{item.label}: {stat_meaning(stat)}"

@@ -74,7 +74,7 @@ def _run_section(item: LabelledRun) -> str:
     state = status.get("state", "unknown")
     parts = [f"<h3>{_esc(item.label)} <span class='muted'>{_esc(run.path)}</span></h3>",
              f"<p>status: <b>{_esc(state)}</b>, last step {_esc(status.get('step', '?'))}; "
-             f"{len(run.layers)} layer rows, {len(run.scalars)} scalar rows, {len(run.alerts)} alerts</p>"]
+             f"{run.row_count('layers')} layer rows, {run.row_count('scalars')} scalar rows, {len(run.alerts)} alerts</p>"]
     if run.config:
         parts.append("<details><summary>configuration</summary>" + _key_values(run.config) + "</details>")
     if run.provenance:

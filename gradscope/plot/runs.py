@@ -35,7 +35,14 @@ from matplotlib.figure import Figure
 
 from gradscope.plot import style
 from gradscope.plot.flow import DEFAULT_FLOW_STEPS, draw_gradient_flow
-from gradscope.plot.labels import LossSymbol, is_gan_run, loss_symbol, merge_symbols, short_layer_names, with_note
+from gradscope.plot.labels import (
+    LossSymbol,
+    is_gan_run,
+    loss_symbol,
+    merge_symbols,
+    short_layer_names,
+    with_note,
+)
 from gradscope.plot.quantities import layer_prediction_table, variance_ratios
 from gradscope.plot.scalar_figures import draw_losses, draw_slopes
 from gradscope.plot.selection import (
@@ -162,12 +169,11 @@ def run_figures(runs: Sequence[RunLike], *, net: str | None = None, phase: str |
 
 
 def _is_gan(loaded: Sequence[LabelledRun]) -> bool:
-    return any(is_gan_run(set(item.run.layers["net"]), set(item.run.layers["phase"])) for item in loaded)
+    return any(is_gan_run(set(item.run.nets()), set(item.run.phases())) for item in loaded)
 
 
 def _loss_of(item: LabelledRun, phase: str | None, loss_name: str | None) -> LossSymbol:
-    layers = item.run.layers
-    return loss_symbol(set(layers["net"]), set(layers["phase"]), phase or "", item.run.config, loss_name)
+    return loss_symbol(set(item.run.nets()), set(item.run.phases()), phase or "", item.run.config, loss_name)
 
 
 def _layer_order(tables: Sequence[pd.DataFrame], stats: Sequence[str]) -> list[str]:

@@ -72,7 +72,7 @@ def load_runs(runs: Sequence[RunLike]) -> list[LabelledRun]:
 
 def recorded_nets(loaded: Sequence[LabelledRun]) -> list[str]:
     """Nets with layer statistics in any of the runs (sorted)."""
-    return sorted({str(n) for item in loaded for n in item.run.layers["net"].unique()})
+    return sorted({net for item in loaded for net in item.run.nets()})
 
 
 def choose_net(loaded: Sequence[LabelledRun], net: str | None) -> str | None:
@@ -98,8 +98,7 @@ def choose_net(loaded: Sequence[LabelledRun], net: str | None) -> str | None:
 
 def choose_phase(loaded: Sequence[LabelledRun], net: str | None, phase: str | None) -> str | None:
     """``phase`` if recorded for ``net``; by default ``d`` (a GAN's D updates), ``train``, else the first recorded."""
-    phases = sorted({str(p) for item in loaded
-                     for p in item.run.layers.loc[item.run.layers["net"] == net, "phase"].unique()})
+    phases = sorted({p for item in loaded for p in item.run.phases(net)})
     if not phases:
         return phase
     if phase is not None:
@@ -114,13 +113,11 @@ def choose_phase(loaded: Sequence[LabelledRun], net: str | None, phase: str | No
 
 
 def layers_of(run: Run, net: str | None, phase: str | None) -> pd.DataFrame:
-    """The layer rows of one net and phase of ``run`` (empty when it recorded neither)."""
-    rows = run.layers
-    if net is not None:
-        rows = rows[rows["net"] == net]
-    if phase is not None:
-        rows = rows[rows["phase"] == phase]
-    return rows
+    """The layer rows of one net and phase of ``run`` (empty when it recorded neither).
+
+    Read from the run's files with the filter pushed down when its table is not in memory.
+    """
+    return run.rows(nets=None if net is None else [net], phases=None if phase is None else [phase])
 
 
 def thin(frame: pd.DataFrame, column: str = "step", most: int = MAX_POINTS) -> pd.DataFrame:

@@ -157,7 +157,9 @@ class Outbox:
     def run(self, config: dict[str, Any]) -> Run:
         """Everything synced so far: read back from the run directory, or assembled from memory."""
         if self.writer is not None:
-            return load_run(self.writer.path)
+            run = load_run(self.writer.path)
+            _ = run.layers, run.scalars  # read now: what was synced so far, not what a later flush adds
+            return run
         layers = tidy_table(pd.concat(self._memory["layers"], ignore_index=True)
                             if self._memory["layers"] else pd.DataFrame(columns=list(LAYER_COLUMNS)), "layers")
         scalars = tidy_table(pd.concat(self._memory["scalars"], ignore_index=True)

@@ -2,36 +2,47 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from gradscope.record.storage import TABLES, chunk_files, read_chunk, read_json, read_jsonl
+from gradscope.record.chunks import (
+    COLUMNS,
+    INT_COLUMNS,
+    NAME_COLUMNS,
+    SORT_KEYS,
+    RowFilter,
+    gatherer,
+    read_rows,
+    recorded_groups,
+    stored_rows,
+)
 from gradscope.record.stats import STATS
-from gradscope.record.table import LAYER_COLUMNS, SCALAR_COLUMNS
+from gradscope.record.storage import TABLES, read_json, read_jsonl
 
 #: One row per alert event. ``layer`` holds the event's layer (or scalar) names joined by commas (one name
 #: for a one-layer event), ``layers`` the same names as a list, input to output; rows written before
 #: ``layers`` existed read back with ``layers == [layer]``.
 ALERT_COLUMNS: tuple[str, ...] = ("step", "phase", "net", "layer", "layers", "rule", "kind", "stat", "value",
                                   "threshold", "message")
-_KEYS = {"layers": ["step", "phase", "net", "layer_index", "layer", "stat"], "scalars": ["step", "name"]}
-_COLUMNS = {"layers": LAYER_COLUMNS, "scalars": SCALAR_COLUMNS}
 
 
-@dataclass
 class Run:
-    """A run directory's contents.
+    """A run directory's contents, read when first used.
+
+    Tables are read from the chunk files on first access to :attr:`layers` or
+    :attr:`scalars` (once; a run still being written shows what was flushed by
+    then). :meth:`stat` of a table not yet read reads only the rows it needs.
 
     Attributes
     ----------
     layers : pandas.DataFrame
-        Columns ``step, phase, net, layer, layer_index, stat, value``, sorted by
-        step, phase, net, layer_index, stat.
+        Columns ``step`` (int64), ``phase, net, layer`` (categorical), ``layer_index`` (int32), ``stat``
+        (categorical), ``value`` (float64), sorted by step, phase, net, layer_index, layer, stat.
+        Categories are sorted, so sorting by them is sorting by name.
     scalars : pandas.DataFrame
         Columns ``step, name, value`` sorted by step and name.
     alerts : pandas.DataFrame
@@ -41,17 +52,67 @@ class Run:
         The JSON files (empty dict when missing).
     """
 
-    path: Path | None
-    layers: pd.DataFrame
-    scalars: pd.DataFrame
-    alerts: pd.DataFrame
-    config: dict[str, Any] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
-    status: dict[str, Any] = field(default_factory=dict)
-    architecture: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, path: Path | None, layers: pd.DataFrame | None = None, scalars: pd.DataFrame | None = None,
+                 alerts: pd.DataFrame | None = None, config: dict[str, Any] | None = None,
+                 provenance: dict[str, Any] | None = None, status: dict[str, Any] | None = None,
+                 architecture: dict[str, Any] | None = None, *, where: RowFilter | None = None) -> None:
+        self.path = None if path is None else Path(path)
+        if (layers is None or scalars is None) and self.path is None:
+            raise ValueError("a Run without a path needs its layers and scalars tables")
+        self.where = where or RowFilter()
+        self._tables: dict[str, pd.DataFrame | None] = {"layers": layers, "scalars": scalars}
+        self.alerts = pd.DataFrame(columns=list(ALERT_COLUMNS)) if alerts is None else alerts
+        self.config, self.provenance = config or {}, provenance or {}
+        self.status, self.architecture = status or {}, architecture or {}
+        self._groups: set[tuple[str, str]] | None = None
+
+    def _table(self, table: str) -> pd.DataFrame:
+        if self._tables[table] is None:
+            if not self.path.is_dir():  # removed since load_run: an empty table would be a silent lie
+                raise ValueError(f"run directory {str(self.path)!r} no longer exists; its {table} were never read")
+            self._tables[table] = read_table(self.path, table, self.where)
+        return self._tables[table]
+
+    @property
+    def layers(self) -> pd.DataFrame:
+        """The long table of per-layer statistics (read on first access)."""
+        return self._table("layers")
+
+    @property
+    def scalars(self) -> pd.DataFrame:
+        """The table of named scalars per step (read on first access)."""
+        return self._table("scalars")
+
+    def replace(self, **changes: Any) -> Run:
+        """A copy with some parts replaced (``layers=``, ``scalars=``, ``alerts=``, ``config=``, ...).
+
+        Examples
+        --------
+        >>> d_only = run.replace(layers=run.layers[run.layers["net"] == "D"])  # doctest: +SKIP
+        """
+        parts = {"path": self.path, "layers": self._tables["layers"], "scalars": self._tables["scalars"],
+                 "alerts": self.alerts, "config": self.config, "provenance": self.provenance,
+                 "status": self.status, "architecture": self.architecture, "where": self.where}
+        unknown = sorted(set(changes) - set(parts))
+        if unknown:
+            raise ValueError(f"Run has no part {unknown[0]!r}; valid: {', '.join(parts)}")
+        parts.update(changes)
+        return Run(**parts)
+
+    def __repr__(self) -> str:
+        read = [t for t in TABLES if self._tables[t] is not None]
+        return f"Run(path={str(self.path)!r}, tables read: {', '.join(read) or 'none'})"
 
     def layer_order(self, net: str) -> list[str]:
-        """The net's layer names (modules, not parameters or operator slices) from input to output."""
+        """The net's layer names (modules, not parameters or operator slices) from input to output.
+
+        From ``architecture.json`` while the layers table is unread (a long run is not read for this),
+        else from the rows.
+        """
+        described = self.architecture.get(net) if self._tables["layers"] is None else None
+        if isinstance(described, list) and all(isinstance(d, dict) and "name" in d for d in described):
+            ordered = sorted(described, key=lambda d: d.get("layer_index", 0))
+            return [d["name"] for d in ordered if self.where.layers is None or d["name"] in self.where.layers]
         rows = self.layers[self.layers["net"] == net]
         per_parameter = [name for name, info in STATS.items() if info.target == "param"]
         rows = rows[~rows["stat"].isin(per_parameter)]
@@ -59,67 +120,139 @@ class Run:
         if names:  # operator rows such as 'attn.in_proj_weight[q]' are not layers
             rows = rows[rows["layer"].isin(names)]
         rows = rows[["layer_index", "layer"]].drop_duplicates()
-        return rows.sort_values("layer_index", kind="stable")["layer"].tolist()
+        return [str(n) for n in rows.sort_values("layer_index", kind="stable")["layer"]]
 
-    def stat(self, stat: str, net: str | None = None, phase: str | None = None) -> pd.DataFrame:
+    def groups(self) -> set[tuple[str, str]]:
+        """The (net, phase) pairs with layer statistics, without reading the table if it is not in memory."""
+        if self._tables["layers"] is not None:
+            layers = self._tables["layers"]
+            return set(zip(layers["net"].astype(str), layers["phase"].astype(str)))
+        if self._groups is None:
+            found = recorded_groups(self.path / "layers")
+            self._groups = {(n, p) for n, p in found if (self.where.nets is None or n in self.where.nets)
+                            and (self.where.phases is None or p in self.where.phases)}
+        return set(self._groups)
+
+    def row_count(self, table: str = "layers") -> int:
+        """Rows of ``table`` (``layers`` or ``scalars``), from the chunk footers when it is not in memory."""
+        if self._tables[table] is not None or not self.where.is_empty():
+            return len(self._table(table))
+        return stored_rows(self.path / table, table)
+
+    def nets(self) -> list[str]:
+        """The nets with layer statistics, sorted."""
+        return sorted({net for net, _ in self.groups()})
+
+    def phases(self, net: str | None = None) -> list[str]:
+        """The phases with layer statistics (of ``net``, or of any net), sorted."""
+        return sorted({p for n, p in self.groups() if net is None or n == net})
+
+    def rows(self, stats: Iterable[str] | None = None, nets: Iterable[str] | None = None,
+             layers: Iterable[str] | None = None, phases: Iterable[str] | None = None,
+             steps: slice | Iterable[int] | None = None) -> pd.DataFrame:
+        """Rows of the layers table that pass a filter, read from the files if the table is not in memory."""
+        where = RowFilter.build(stats, nets, layers, phases, steps)
+        if self._tables["layers"] is not None:
+            return where.apply(self._tables["layers"], "layers").reset_index(drop=True)
+        return read_table(self.path, "layers", self.where.narrowed(where))
+
+    def stat(self, stat: str, net: str | None = None, phase: str | None = None,
+             steps: slice | Iterable[int] | None = None) -> pd.DataFrame:
         """One statistic as a wide table: one row per step, one column per layer (input to output).
+
+        Reads only that statistic's rows when the layers table is not in memory.
 
         Examples
         --------
         >>> run.stat("grad_out_norm", net="D", phase="d")  # doctest: +SKIP
         """
-        rows = self.layers[self.layers["stat"] == stat]
-        if net is not None:
-            rows = rows[rows["net"] == net]
-        if phase is not None:
-            rows = rows[rows["phase"] == phase]
+        rows = self.rows(stats=[stat], nets=None if net is None else [net],
+                         phases=None if phase is None else [phase], steps=steps)
         if rows["net"].nunique() > 1 or rows["phase"].nunique() > 1:
             raise ValueError(f"stat {stat!r} is recorded for several nets or phases; pass net= and phase=")
-        wide = rows.pivot_table(index="step", columns="layer", values="value", aggfunc="last")
-        order = rows[["layer_index", "layer"]].drop_duplicates().sort_values("layer_index")["layer"]
+        layer = rows["layer"].astype(str)
+        wide = rows.assign(layer=layer).pivot_table(index="step", columns="layer", values="value", aggfunc="last",
+                                                    dropna=False)
+        wide.columns.name = "layer"
+        order = pd.DataFrame({"layer_index": rows["layer_index"], "layer": layer}).drop_duplicates()
+        order = order.sort_values("layer_index", kind="stable")["layer"]
         return wide[[name for name in order if name in wide.columns]]
 
 
+def _key_codes(frame: pd.DataFrame, column: str) -> np.ndarray:
+    values = frame[column]
+    return values.cat.codes.to_numpy() if isinstance(values.dtype, pd.CategoricalDtype) else values.to_numpy()
+
+
+def _strictly_sorted(frame: pd.DataFrame, keys: Iterable[str]) -> bool:
+    """Whether rows are in strictly increasing key order (sorted, no repeated key), checked in one pass."""
+    if len(frame) < 2:
+        return True
+    order = np.zeros(len(frame) - 1, dtype=np.int8)  # per adjacent pair: +1 increasing, -1 decreasing, 0 tie
+    for key in reversed(list(keys)):
+        codes = _key_codes(frame, key)
+        later, earlier = codes[1:], codes[:-1]
+        order = np.where(later > earlier, np.int8(1), np.where(later < earlier, np.int8(-1), order))
+    return bool((order > 0).all())
+
+
+def _compact(frame: pd.DataFrame, table: str) -> bool:
+    """Whether ``frame`` already has the table's columns, dtypes and sorted categories."""
+    if list(frame.columns) != list(COLUMNS[table]):
+        return False
+    for column in COLUMNS[table]:
+        dtype = frame[column].dtype
+        if column in NAME_COLUMNS[table]:
+            if not isinstance(dtype, pd.CategoricalDtype) or not dtype.categories.is_monotonic_increasing:
+                return False
+        elif dtype != np.dtype(INT_COLUMNS.get(column, "float64")):
+            return False
+    return True
+
+
 def tidy_table(frame: pd.DataFrame, table: str) -> pd.DataFrame:
-    """Columns, dtypes, de-duplication (the newest row wins) and the deterministic sort of a table."""
-    columns = list(_COLUMNS[table])
-    frame = frame[columns].copy() if len(frame) else pd.DataFrame({c: [] for c in columns})
-    for column in columns:
-        if column in ("step", "layer_index"):
-            frame[column] = frame[column].astype("int64")
-        elif column == "value":
-            frame[column] = frame[column].astype("float64")
-        else:
-            frame[column] = frame[column].astype("str")
-    # A resumed run that skipped truncate_after could repeat a key: the newest chunk wins.
-    keys = _KEYS[table]
+    """Columns, dtypes (names categorical), de-duplication (the newest row wins) and the sort of a table.
+
+    Chunks are written sorted and runs are truncated on resume, so a run's rows
+    are normally already in order: checked in one vectorized pass over the
+    codes, and only sorted when they are not (a resumed run that skipped
+    truncation, chunks from an older format).
+    """
+    if not _compact(frame, table):
+        gather = gatherer(table)
+        if len(frame):
+            gather.add_frame(frame)
+        frame = gather.frame()
+    keys = list(SORT_KEYS[table])
+    if _strictly_sorted(frame, keys):
+        return frame
     frame = frame.drop_duplicates(subset=keys, keep="last")
     return frame.sort_values(keys, kind="mergesort").reset_index(drop=True)
 
 
-def _read_table(folder: Path, table: str, stats: set[str] | None) -> pd.DataFrame:
-    frames = []
-    for path in chunk_files(folder):
-        try:
-            frame = read_chunk(path)
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            warnings.warn(f"skipping unreadable chunk {path}: {exc}", stacklevel=3)
-            continue
-        if stats is not None and table == "layers":
-            frame = frame[frame["stat"].isin(stats)]
-        frames.append(frame)
-    return tidy_table(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), table)
+def read_table(path: Path, table: str, where: RowFilter | None = None) -> pd.DataFrame:
+    """One table of the run directory ``path``: the rows passing ``where``, tidy (see :func:`tidy_table`)."""
+    return tidy_table(read_rows(Path(path) / table, table, where), table)
 
 
-def load_run(path: str | os.PathLike, stats: Iterable[str] | None = None) -> Run:
-    """Read a run directory, complete or partial (a run killed mid-write reads up to its last flush).
+def load_run(path: str | os.PathLike, stats: Iterable[str] | None = None, *, nets: Iterable[str] | None = None,
+             layers: Iterable[str] | None = None, phases: Iterable[str] | None = None,
+             steps: slice | Iterable[int] | None = None) -> Run:
+    """Open a run directory, complete or partial (a run killed mid-write reads up to its last flush).
+
+    The JSON files and alerts are read now; the tables when first used, and
+    then only the rows that pass the filters (pushed down to the Parquet files:
+    other columns and rows are never decoded).
 
     Parameters
     ----------
     path : str or Path
         The run directory.
-    stats : iterable of str, optional
-        Keep only these layer statistics (saves memory on long runs).
+    stats, nets, layers, phases : iterable of str, optional
+        Keep only these layer statistics, nets, layer names (``named_modules`` paths, or parameter and
+        operator names) and phases of the layers table.
+    steps : slice or iterable of int, optional
+        Keep only these steps (both tables): ``slice(1000, None)`` is step 1000 onwards.
 
     Returns
     -------
@@ -128,19 +261,18 @@ def load_run(path: str | os.PathLike, stats: Iterable[str] | None = None) -> Run
     Raises
     ------
     ValueError
-        If ``path`` is not a directory holding a gradscope run.
+        If ``path`` is not a directory holding a gradscope run, or a filter is not a collection of names.
 
     Examples
     --------
-    >>> run = load_run("runs/sn")  # doctest: +SKIP
-    >>> run.layers.query("stat == 'sigma' and net == 'D'")  # doctest: +SKIP
+    >>> run = load_run("runs/sn", stats=["sigma", "grad_out_norm"], nets=["D"])  # doctest: +SKIP
+    >>> run.stat("grad_out_norm", net="D", phase="d").tail()  # doctest: +SKIP
     """
     root = Path(path)
     markers = ("status.json", "config.json", "layers", "scalars")
     if not root.is_dir() or not any((root / m).exists() for m in markers):
         raise ValueError(f"{str(root)!r} is not a gradscope run directory (no status.json, config.json or tables)")
-    chosen = None if stats is None else set(stats)
-    tables = {table: _read_table(root / table, table, chosen) for table in TABLES}
+    where = RowFilter.build(stats, nets, layers, phases, steps)
     alert_path = root / "alerts.jsonl"
     alert_rows = read_jsonl(alert_path) if alert_path.exists() else []
     for row in alert_rows:  # rows from before grouped events name one layer (or none) in "layer"
@@ -150,6 +282,19 @@ def load_run(path: str | os.PathLike, stats: Iterable[str] | None = None) -> Run
     alerts = pd.DataFrame(alert_rows, columns=list(ALERT_COLUMNS))
     if len(alerts):
         alerts = alerts.sort_values(["step", "rule", "net", "layer"], kind="mergesort").reset_index(drop=True)
-    return Run(path=root, layers=tables["layers"], scalars=tables["scalars"], alerts=alerts,
-               config=read_json(root / "config.json") or {}, provenance=read_json(root / "provenance.json") or {},
-               status=read_json(root / "status.json") or {}, architecture=read_json(root / "architecture.json") or {})
+    return Run(path=root, alerts=alerts, where=where, config=_json_object(root / "config.json"),
+               provenance=_json_object(root / "provenance.json"), status=_json_object(root / "status.json"),
+               architecture=_json_object(root / "architecture.json"))
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """A run's JSON file as a dict (``{}`` when missing); anything else is a one-line error naming the file."""
+    try:
+        data = read_json(path)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object")
+    return data

@@ -90,7 +90,7 @@ class Recorder:
     ...         opt.zero_grad(); model(torch.randn(16, 4)).pow(2).mean().backward(); opt.step()
     ...         rec.step(step, phase="train")
     ...     table = rec.run().layers
-    >>> sorted(table["layer"].unique())
+    >>> sorted(table.loc[table["stat"] == "grad_out_norm", "layer"].unique())  # modules; parameters: '0.weight'
     ['0', '2']
     """
 

@@ -7,11 +7,13 @@ Layout::
       provenance.json    gradscope / torch / CUDA versions, device, seed, git commit
       status.json        {"state": running|done|diverged|failed|interrupted, "step": ...}
       architecture.json  each net's recorded layers, in input-to-output order
-      layers/000001.csv  chunks of the long table (step, phase, net, layer, layer_index, stat, value)
-      scalars/000001.csv chunks of (step, name, value)
+      layers/000001.parquet  chunks of the long table (step, phase, net, layer, layer_index, stat, value)
+      scalars/000001.parquet chunks of (step, name, value)
       alerts.jsonl       one JSON object per alert
 
-Chunk and JSON files are written to a hidden temporary file in the same
+Chunks are Parquet files, one per flush (:mod:`gradscope.record.chunks`; runs
+written before Parquet hold ``NNNNNN.csv`` chunks, which still load and which
+``gradscope runs convert`` rewrites). Chunk and JSON files are written to a hidden temporary file in the same
 folder, flushed, fsynced and then renamed over their final name
 (``os.replace`` is atomic on POSIX and Windows), so a reader only ever sees
 complete files. ``alerts.jsonl`` is appended line by line; a reader skips a
@@ -22,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -34,9 +35,19 @@ from typing import Any
 import pandas as pd
 
 from gradscope._checks import check_choice
+from gradscope.record.chunks import (
+    SEGMENT_FLUSHES,
+    SORT_KEYS,
+    chunk_files,
+    chunk_span,
+    covered_chunks,
+    merge_chunks,
+    read_one,
+    step_range,
+    write_chunk,
+)
 
 STATES: tuple[str, ...] = ("running", "done", "diverged", "failed", "interrupted")
-CHUNK_PATTERN = re.compile(r"^(\d{6,})\.csv$")
 TABLES: tuple[str, ...] = ("layers", "scalars")
 RUN_FILES: tuple[str, ...] = ("config.json", "provenance.json", "status.json", "architecture.json", "alerts.jsonl")
 
@@ -62,24 +73,6 @@ def read_json(path: Path) -> Any:
     if not path.exists():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def chunk_files(folder: Path) -> list[Path]:
-    """Complete chunk files of a table folder, in write order (temporary files are skipped)."""
-    if not folder.is_dir():
-        return []
-    files = [p for p in folder.iterdir() if CHUNK_PATTERN.match(p.name)]
-    return sorted(files, key=lambda p: int(CHUNK_PATTERN.match(p.name).group(1)))
-
-
-def frame_to_csv(frame: pd.DataFrame) -> str:
-    """CSV text of a table chunk; non-finite values are spelled ``nan`` / ``inf`` / ``-inf``."""
-    return frame.to_csv(index=False, na_rep="nan")
-
-
-def read_chunk(path: Path) -> pd.DataFrame:
-    """One table chunk. Only the ``value`` column may hold ``nan``: a layer named "NA" stays a string."""
-    return pd.read_csv(path, keep_default_na=False, na_values={"value": ["nan"]})
 
 
 def git_commit(where: Path | None = None) -> str | None:
@@ -172,9 +165,12 @@ class RunWriter:
                                  "resume it, choose a new directory or overwrite it")
             self._remove_run_files()
         for table in TABLES:
-            (self.path / table).mkdir(exist_ok=True)
-        self._next_chunk = {t: 1 + max((int(CHUNK_PATTERN.match(p.name).group(1))
-                                        for p in chunk_files(self.path / t)), default=0) for t in TABLES}
+            folder = self.path / table
+            folder.mkdir(exist_ok=True)
+            for leftover in [*covered_chunks(folder), *folder.glob(".*.tmp")]:  # from a writer killed mid-way
+                leftover.unlink(missing_ok=True)
+        self._next_chunk = {t: 1 + max((chunk_span(p)[1] for p in chunk_files(self.path / t)), default=0)
+                            for t in TABLES}
         self._pending: dict[str, list[pd.DataFrame]] = {t: [] for t in TABLES}
         self._pending_alerts: list[dict[str, Any]] = []
 
@@ -235,11 +231,13 @@ class RunWriter:
             frames = self._pending[table]
             if not frames:
                 continue
-            frame = pd.concat(frames, ignore_index=True)
-            name = f"{self._next_chunk[table]:06d}.csv"
-            atomic_write_text(self.path / table / name, frame_to_csv(frame), self.fsync)
+            frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+            # Sorted as the reader returns tables, so reading a run needs no sort (load_run checks, in one pass).
+            frame = frame.sort_values(list(SORT_KEYS[table]), kind="mergesort")
+            write_chunk(self.path / table / f"{self._next_chunk[table]:06d}.parquet", frame, table, self.fsync)
             self._next_chunk[table] += 1
             self._pending[table] = []
+            self._merge_if_due(table)
         if self._pending_alerts:
             lines = "".join(json.dumps(a, sort_keys=True, default=str) + "\n" for a in self._pending_alerts)
             with open(self.path / "alerts.jsonl", "a", encoding="utf-8") as handle:
@@ -248,6 +246,17 @@ class RunWriter:
                 if self.fsync:
                     os.fsync(handle.fileno())
             self._pending_alerts = []
+
+    def _merge_if_due(self, table: str) -> None:
+        """Merge the newest :data:`SEGMENT_FLUSHES` single-flush Parquet chunks into one segment file."""
+        singles = []
+        for path in reversed(chunk_files(self.path / table)):
+            first, last = chunk_span(path)
+            if first != last or path.suffix != ".parquet":
+                break
+            singles.append(path)
+        if len(singles) >= SEGMENT_FLUSHES:
+            merge_chunks(singles[::-1], self.fsync)
 
     def truncate_after(self, step: int | None) -> None:
         """Drop every row and alert with ``step > step`` (everything for ``None``), rewriting files atomically.
@@ -259,12 +268,17 @@ class RunWriter:
         for table in TABLES:
             self._pending[table] = [f[f["step"] <= limit] for f in self._pending[table]]
             for path in chunk_files(self.path / table):
-                frame = read_chunk(path)
+                known = step_range(path)  # a Parquet footer answers without reading the rows
+                if known is not None and known[1] <= limit:
+                    continue
+                frame = read_one(path, table)
                 keep = frame[frame["step"] <= limit]
                 if len(keep) == len(frame):
                     continue
-                if len(keep):
-                    atomic_write_text(path, frame_to_csv(keep), self.fsync)
+                if len(keep):  # rewritten as Parquet under the same number, so write order is kept
+                    write_chunk(path.with_suffix(".parquet"), keep, table, self.fsync)
+                    if path.suffix != ".parquet":
+                        path.unlink()
                 else:
                     path.unlink()
         self._pending_alerts = [a for a in self._pending_alerts if a.get("step", -1) <= limit]
@@ -273,6 +287,25 @@ class RunWriter:
             kept = [line for line in read_jsonl(alerts) if line.get("step", -1) <= limit]
             atomic_write_text(alerts, "".join(json.dumps(a, sort_keys=True, default=str) + "\n" for a in kept),
                               self.fsync)
+
+
+def format_bytes(size: float) -> str:
+    """A size for people: ``'812 B'``, ``'1.6 MB'``, ``'2.31 GB'`` (decimal units, as ``du --si``).
+
+    Examples
+    --------
+    >>> format_bytes(1_600_000), format_bytes(999)
+    ('1.6 MB', '999 B')
+    """
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}" if unit == "GB" else f"{size / scale:.1f} {unit}"
+    return f"{int(size)} B"
+
+
+def folder_size(path: Path) -> int:
+    """Bytes of the files below ``path`` (0 if it does not exist)."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) if Path(path).exists() else 0
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,98 @@
+"""The layers table on disk: one row per (step, phase, net, layer), one column per statistic.
+
+The long table (one row per statistic) repeats five key columns for every
+value; on disk each (step, phase, net, layer_index, layer) is stored once with
+a float64 column ``stat.<name>`` per statistic (null where that statistic was
+not recorded; NaN stays NaN). Reading one statistic is then reading one column
+(plus the keys), with no filter over every row, and the long table comes back
+by a row-major ravel of the statistic columns: key rows are written sorted and
+statistic columns in name order, so the result is already in the table's
+sort order (step, phase, net, layer_index, layer, stat).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from gradscope.record.gather import ColumnGatherer
+
+KEYS: tuple[str, ...] = ("step", "phase", "net", "layer_index", "layer")
+STAT_PREFIX = "stat."
+LAYOUT_KEY, LAYOUT = b"gradscope.layout", b"wide-1"
+
+
+def stat_column(stat: str) -> str:
+    """The column of ``stat`` in a wide chunk."""
+    return STAT_PREFIX + stat
+
+
+def stats_of(schema: pa.Schema) -> list[str]:
+    """The statistics stored in a wide chunk's schema, in name order."""
+    return sorted(name[len(STAT_PREFIX):] for name in schema.names if name.startswith(STAT_PREFIX))
+
+
+def to_wide(frame: pd.DataFrame) -> pa.Table:
+    """A long layers frame as a wide Arrow table, key rows sorted, a repeated key keeping its last value."""
+    long = frame[["step", "phase", "net", "layer_index", "layer", "stat", "value"]]
+    long = long.drop_duplicates(subset=[*KEYS, "stat"], keep="last")
+    wide = long.set_index([*KEYS, "stat"])["value"].unstack("stat").sort_index()
+    keys = wide.index.to_frame(index=False)
+    columns: dict[str, pa.Array] = {
+        "step": pa.array(keys["step"].to_numpy(dtype=np.int64), pa.int64()),
+        "phase": pa.array(keys["phase"].astype(str).to_numpy(dtype=object), pa.string()),
+        "net": pa.array(keys["net"].astype(str).to_numpy(dtype=object), pa.string()),
+        "layer_index": pa.array(keys["layer_index"].to_numpy(dtype=np.int32), pa.int32()),
+        "layer": pa.array(keys["layer"].astype(str).to_numpy(dtype=object), pa.string()),
+    }
+    # Present-but-NaN must stay NaN and absent must be null: take presence from the long rows.
+    present = long.assign(here=True).set_index([*KEYS, "stat"])["here"].unstack("stat").reindex(wide.index)
+    for stat in sorted(str(s) for s in wide.columns):
+        values = wide[stat].to_numpy(dtype=np.float64)
+        mask = present[stat].isna().to_numpy()
+        columns[stat_column(stat)] = pa.array(values, pa.float64(), mask=mask)
+    return pa.table(columns).replace_schema_metadata({LAYOUT_KEY: LAYOUT})
+
+
+def _plain(array: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
+def add_wide_batch(gather: ColumnGatherer, batch: pa.RecordBatch | pa.Table, stats: Sequence[str]) -> None:
+    """Melt a wide batch (keys and the given statistics' columns) into long rows of ``gather``.
+
+    Row-major over (key row, statistic in name order), so sorted key rows give sorted long rows.
+    """
+    n, k = batch.num_rows, len(stats)
+    if not n or not k:
+        return
+    names = batch.schema.names
+    values = np.full((n, k), np.nan, dtype=np.float64)
+    present = np.zeros((n, k), dtype=bool)
+    for j, stat in enumerate(stats):
+        if stat_column(stat) in names:
+            array = _plain(batch.column(stat_column(stat)))
+            values[:, j] = array.to_numpy(zero_copy_only=False)
+            present[:, j] = array.is_valid().to_numpy(zero_copy_only=False)
+    counts = present.sum(axis=1)
+    flat = np.flatnonzero(present.ravel())
+    arrays: dict[str, np.ndarray] = {}
+    for column in KEYS:
+        if column not in gather.columns:
+            continue
+        array = _plain(batch.column(column))
+        if column in gather.names:
+            if not pa.types.is_dictionary(array.type):
+                array = array.dictionary_encode()
+            per_row = gather.encode(column, array.dictionary.to_pylist(),
+                                    array.indices.to_numpy(zero_copy_only=False))
+        else:
+            per_row = array.to_numpy(zero_copy_only=False)
+        arrays[column] = np.repeat(per_row, counts)
+    if "stat" in gather.columns:
+        arrays["stat"] = gather.encode("stat", list(stats), flat % k)
+    if "value" in gather.columns:
+        arrays["value"] = values.ravel()[flat]
+    gather.add_arrays(arrays)
