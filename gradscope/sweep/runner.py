@@ -6,7 +6,14 @@ from pathlib import Path
 
 from gradscope._checks import check_choice, check_int_at_least
 from gradscope.record.storage import read_json
-from gradscope.sweep.executors import EXECUTORS, Launch, run_local, run_ray, slot_environments
+from gradscope.sweep.cost import ASSUMED_TFLOPS, gpu_hours, sweep_flops
+from gradscope.sweep.executors import (
+    EXECUTORS,
+    Launch,
+    run_local,
+    run_ray,
+    slot_environments,
+)
 from gradscope.sweep.manifest import Manifest, RunEntry
 from gradscope.sweep.spec import RunPoint, SweepSpec
 from gradscope.train.checkpoint import list_checkpoints
@@ -78,6 +85,10 @@ def estimate(spec: SweepSpec, manifest: Manifest) -> str:
                  f"measured on {len(rates)} finished run(s)")
     else:
         text += "; no finished run to calibrate the time per iteration yet"
+        flops = sweep_flops(spec)
+        if flops is not None:
+            text += (f"; {flops / 1e15:,.1f} PFLOP counted on the networks, about {gpu_hours(flops):,.1f} GPU hours "
+                     f"at an assumed {ASSUMED_TFLOPS:g} TFLOP/s sustained (an assumption: small GANs often run slower)")
     return text
 
 
