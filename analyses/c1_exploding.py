@@ -57,8 +57,8 @@ Assumptions
 
 Planted violations
 ------------------
-Checks named ``planted: ...`` are expected to be ``violated`` and are not
-must-hold: (a) the product of *reshape* norms in place of operator norms in
+Checks named ``planted: ...`` (marked by :func:`analyses.common.planted`) are expected
+to be ``violated`` and are not must-hold: (a) the product of *reshape* norms in place of operator norms in
 (1), on a conv net with constant positive kernels; (b) the SN bound
 ``sqrt(L) ||x||`` applied to an un-normalized MLP whose weights are scaled up;
 (c) bound (2) without the weight-sharing factor on a constant conv kernel.
@@ -72,7 +72,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from analyses.common import AnalysisResult, Check, check_at_least, check_at_most, start_result
+from analyses.common import AnalysisResult, Check, check_at_least, check_at_most, planted, start_result
 from analyses.plain_networks import DTYPE, INIT_STATES, exact_sigmas, normalized_copy, plain_discriminator
 from analyses.probe import probe_inputs, real_batch
 from analyses.training import train_checkpoints
@@ -195,19 +195,19 @@ def planted_checks(seed: int = 0) -> tuple[list[Check], pd.DataFrame]:
     big = real_batch("ring8", 4, seed)
     big_samples, _ = measure(mlp, {"real": big}, net="mlp-unnormalized-x4")
     checks = [
-        check_at_most(CLAIM, "planted: constant-kernel conv net, ||grad_x D|| / prod sigma_fwd (reshape norms "
-                      "as if they bounded (1))", samples["ratio_x_reshape"].max(), 1.0, must_hold=False,
-                      detail="expected violated: reshape norms do not bound a conv's Lipschitz constant"),
+        planted(check_at_most(CLAIM, "planted: constant-kernel conv net, ||grad_x D|| / prod sigma_fwd (reshape "
+                              "norms as if they bounded (1))", samples["ratio_x_reshape"].max(), 1.0,
+                              detail="expected violated: reshape norms do not bound a conv's Lipschitz constant")),
         check_at_most(CLAIM, "planted net: ||grad_x D|| / prod sigma_op (bound 1)", samples["ratio_x"].max(), 1.0,
                       detail="the operator-norm bound holds and is nearly tight here"),
-        check_at_most(CLAIM, "planted: constant-kernel conv, ||grad_W D|| / (||x|| prod_{i!=t} sigma_op) "
-                      "(bound 2 without the sharing factor)", convs["ratio_paper"].max(), 1.0, must_hold=False,
-                      detail="expected violated: a shared kernel collects up to sqrt(N_t) times more"),
+        planted(check_at_most(CLAIM, "planted: constant-kernel conv, ||grad_W D|| / (||x|| prod_{i!=t} sigma_op) "
+                              "(bound 2 without the sharing factor)", convs["ratio_paper"].max(), 1.0,
+                              detail="expected violated: a shared kernel collects up to sqrt(N_t) times more")),
         check_at_most(CLAIM, "planted net: ||grad_W D|| / (sqrt(N_t) ||x|| prod_{i!=t} sigma_op) (bound 2')",
                       convs["ratio"].max(), 1.0),
-        check_at_most(CLAIM, "planted: MLP without SN, weights x4, ||grad_theta D|| / (sqrt(L) ||x||) (the SN bound)",
-                      (big_samples["grad_params"] / big_samples["param_bound_unit"]).max(), 1.0, must_hold=False,
-                      detail="expected violated: without SN the gradient is not bounded by sqrt(L) ||x||"),
+        planted(check_at_most(CLAIM, "planted: MLP without SN, weights x4, ||grad_theta D|| / (sqrt(L) ||x||) "
+                              "(the SN bound)", (big_samples["grad_params"] / big_samples["param_bound_unit"]).max(),
+                              1.0, detail="expected violated: without SN the gradient is not bounded by sqrt(L) ||x||")),
     ]
     summary = pd.concat([samples.assign(case="constant-conv"), big_samples.assign(case="mlp-x4")],
                         ignore_index=True)
@@ -331,9 +331,9 @@ def run(scale: str, out: Path, seed: int = 0) -> AnalysisResult:
     result.add_table("c1_samples", samples)
     result.add_table("c1_layers", layers)
     result.add(*bound_checks(samples, layers))
-    planted, planted_table = planted_checks(seed)
+    planted_cases, planted_table = planted_checks(seed)
     result.add_table("c1_planted", planted_table)
-    result.add(*planted)
+    result.add(*planted_cases)
     result.add_figure(plot_bounds(samples, layers), "c1_bounds")
     inflation = samples[samples["net"] == "sndcgan"].groupby(["state", "step"])["lipschitz_op"].first()
     result.notes.append("SNDCGAN prod_i sigma_op(W_eff) per state/step: " + ", ".join(

@@ -13,7 +13,7 @@ A grid ``norm in {ssn, bssn} x c x seed`` per dataset, run by the sweep machiner
 (:func:`gradscope.sweep.run_sweep`: one ``gradscope run`` per point, resumable)
 and summarized by :func:`gradscope.sweep.summary_table`, whose documented
 collapse rule is used unchanged (diverged, or final FID > 1.5 x its best, or
-final modes covered < 0.5 x its best). ``ssn`` with ``c = 1`` is plain SN and
+fewer than half of a 2D mixture's modes covered at the end). ``ssn`` with ``c = 1`` is plain SN and
 ``bssn`` with ``c = 1`` is BSN, so every ``c`` compares the two normalizations
 at the same scale, as the authors' setting A does. Sample quality is the FID
 of the digits classifier (Inception FID at ``paper`` scale on CIFAR-10),

@@ -12,7 +12,11 @@ An analysis module (``analyses/c5_lecun.py`` etc.) exposes
 A :class:`Check` compares one measured quantity with a bound or a prediction
 and carries a verdict from :data:`VERDICTS`. ``must_hold`` marks the checks
 whose failure means the claim (or gradscope) is wrong; ``gradscope check``
-exits 1 when one of those does not hold. Build checks with
+exits 1 when one of those does not hold. ``planted`` marks a counter-example
+built to break a bound outside the claim's assumptions: it is expected to be
+``violated`` (that shows the check can fail) and never decides the claim
+(wrap it in :func:`planted`). Every other check is *reported*: shown for
+context, not deciding. Build checks with
 :func:`check_at_most` (a bound), :func:`check_close` (a prediction with a
 relative tolerance) or :func:`check_between`, so verdict logic is written once.
 
@@ -46,7 +50,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +63,7 @@ HOLDS, VIOLATED, INCONCLUSIVE = "holds", "violated", "inconclusive"
 VERDICTS: tuple[str, ...] = (HOLDS, VIOLATED, INCONCLUSIVE)
 #: Columns of the checks table (``checks.csv`` and the ``gradscope check`` printout).
 CHECK_COLUMNS: tuple[str, ...] = ("claim", "quantity", "measured", "relation", "bound_or_prediction",
-                                  "verdict", "must_hold", "detail")
+                                  "verdict", "must_hold", "detail", "planted")
 
 
 def check_scale(scale: str) -> str:
@@ -91,6 +95,9 @@ class Check:
         ``"~"`` (close to) or ``"in"`` (an interval).
     detail : str
         Tolerance used, sample size, or why the verdict is inconclusive.
+    planted : bool
+        True for a counter-example built to violate the bound (expected ``violated``,
+        never must-hold); see :func:`planted`.
     """
 
     claim: str
@@ -101,14 +108,34 @@ class Check:
     must_hold: bool = False
     relation: str = "~"
     detail: str = ""
+    planted: bool = False
 
     def __post_init__(self) -> None:
         check_choice("verdict", self.verdict, VERDICTS)
+        if self.planted and self.must_hold:
+            raise ValueError(f"{self.claim}: a planted check is built to be violated; it cannot be must-hold")
+
+    @property
+    def role(self) -> str:
+        """``"must hold"``, ``"planted"`` or ``"reported"`` (what the verdict means for the claim)."""
+        return "must hold" if self.must_hold else "planted" if self.planted else "reported"
 
     @property
     def ok(self) -> bool:
         """False only for a must-hold check that does not hold."""
         return self.verdict == HOLDS or not self.must_hold
+
+
+def planted(check: Check) -> Check:
+    """``check`` marked as a planted counter-example: expected ``violated``, never must-hold.
+
+    Examples
+    --------
+    >>> c = planted(check_at_most("C1", "planted: no SN, ||grad_x D||", 3.0, 1.0))
+    >>> c.planted, c.must_hold, c.verdict, c.role
+    (True, False, 'violated', 'planted')
+    """
+    return replace(check, planted=True, must_hold=False)
 
 
 def check_at_most(claim: str, quantity: str, measured: float, bound: float, *,
@@ -319,23 +346,15 @@ def write_table(table: pd.DataFrame, out: str | Path, name: str) -> Path:
     return path
 
 
-def format_checks(checks: Sequence[Check]) -> str:
-    """A plain-text table: claim, quantity, measured, bound/prediction, verdict (must-hold marked ``*``)."""
-    header = ("claim", "quantity", "measured", "bound/prediction", "verdict")
-    rows = [header]
-    for c in checks:
-        rows.append((c.claim, c.quantity, _num(c.measured), f"{c.relation} {_num(c.bound_or_prediction)}",
-                     c.verdict + (" *" if c.must_hold else "")))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+def format_checks(checks: Sequence[Check], width: int | None = None) -> str:
+    """A plain-text table: claim, quantity, measured, bound/prediction, verdict.
 
+    Must-hold verdicts are marked ``*``, planted ones ``(planted)``; with ``width``
+    the quantity wraps so every line fits (:func:`analyses.report.format_table`).
+    """
+    from analyses.report import format_table
 
-def _num(value: float) -> str:
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:.4g}"
+    return format_table(checks, width)
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TextIO
 
 from analyses import registry
-from analyses.common import AnalysisResult, Check, check_scale, format_checks
+from analyses.common import AnalysisResult, Check, check_scale
+from analyses.report import WIDTH, format_report
 
 
 @dataclass
@@ -35,17 +36,13 @@ class Outcome:
     def exit_code(self) -> int:
         return 0 if self.ok else 1
 
-    def report(self) -> str:
-        """The checks table, followed by one line per error and a summary line."""
-        lines = [format_checks(self.checks)] if self.checks else []
-        for name, message in self.errors.items():
-            lines.append(f"{name.upper()}  error: {message}")
-        failed = [c for c in self.checks if not c.ok]
-        lines.append(
-            f"{len(self.results)} analyses ran, {len(self.errors)} failed to run; "
-            f"{sum(c.must_hold for c in self.checks)} must-hold checks, {len(failed)} not holding "
-            f"(* = must hold) -> {'OK' if self.ok else 'FAIL'}")
-        return "\n".join(lines)
+    def report(self, width: int | None = WIDTH) -> str:
+        """The checks table, one line per error, one verdict per claim and the overall line (last).
+
+        Every line fits ``width`` columns; ``None`` prints each row on one line
+        (see :mod:`analyses.report`).
+        """
+        return format_report(self.results, self.errors, self.ok, width)
 
 
 def run_selected(names: list[str], scale: str, out: Path, seed: int = 0,

@@ -78,7 +78,11 @@ def test_local_sweep_runs_every_point_skips_done_runs_and_summarizes(tmp_path):
 
     table, figures = summarize(out)
     assert set(table["method"]) == {"sn", "bssn"}
-    assert (table["collapsed"] == False).all()  # noqa: E712 - a bool column
+    # six iterations cover few of ring8's 8 modes: the collapse flag says what the metric says
+    assert (table["modes_total"] == 8).all()
+    assert table["collapsed"].tolist() == (table["final_modes"] < 4).tolist()
+    assert all(reason == (f"covers {m:g} of 8 modes (< 4)" if flag else "")
+               for reason, m, flag in zip(table["collapse_reason"], table["final_modes"], table["collapsed"]))
     assert pd.read_csv(out / "summary.csv").shape[0] == 2
     assert {p.name for p in figures} >= {"collapse_fraction.png", "final_quality_box.pdf"}
     assert all(p.stat().st_size > 1000 for p in figures)
@@ -178,7 +182,7 @@ def test_sigkilled_sweep_resumes_from_checkpoints_and_never_claims_unfinished_ru
 
 
 def test_ray_executor_runs_a_tiny_grid_on_a_local_instance(tmp_path):
-    ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'gradscope[ray]')")
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'ray>=2.9')")
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
     spec = parse_spec({"base": {**TINY, "iterations": 4}, "grid": {"seed": [0, 1]}})
     try:
@@ -207,3 +211,81 @@ def test_a_setting_added_after_a_run_was_made_counts_as_its_current_default():
     settings = {name: fixed_settings(config, {"gradscope": "0.1.0"}, {"seed"})
                 for name, config in (("old", old), ("new", new), ("new2", new), ("odd", odd))}
     assert unlike_majority(settings) == {"old": "", "new": "", "new2": "", "odd": "power-schedule authors vs torch"}
+
+
+@pytest.mark.parametrize("row, flag, reason", [
+    ({"status": "done", "final_modes": 0.0, "best_modes": 0.0, "modes_total": 8}, True, "covers 0 of 8 modes (< 4)"),
+    ({"status": "done", "final_modes": 3.0, "best_modes": 7.0, "modes_total": 8}, True, "covers 3 of 8 modes (< 4)"),
+    ({"status": "done", "final_modes": 4.0, "best_modes": 4.0, "modes_total": 8}, False, ""),
+    ({"status": "done", "final_modes": 12.0, "best_modes": 20.0, "modes_total": 25}, True,
+     "covers 12 of 25 modes (< 12.5)"),
+    ({"status": "done", "final_modes": 2.0, "best_modes": 6.0, "modes_total": None}, True,
+     "covers 2 of 6 modes (< 3)"),  # an unknown mixture: against the run's own best
+    ({"status": "done", "final_fid": 40.0, "best_fid": 30.0}, False, ""),
+    ({"status": "done", "final_fid": 46.0, "best_fid": 30.0}, True, "final FID 46 > 1.5 x its best 30"),
+    ({"status": "done", "final_fid": float("nan"), "best_fid": 30.0}, True, "final FID nan > 1.5 x its best 30"),
+    ({"status": "diverged"}, True, "diverged"),
+    ({"status": "done"}, False, ""),
+])
+def test_collapse_rule_reads_the_metrics_it_names(row, flag, reason):
+    from gradscope.sweep.summarize import collapse_reason, collapsed, mode_count
+
+    assert collapsed(row) is flag and collapse_reason(row) == reason
+    assert mode_count("ring8") == 8 and mode_count("grid25") == 25 and mode_count("cifar10") is None
+    assert pd.isna(collapsed({"status": "failed"})) and pd.isna(collapsed({"status": "pending"}))
+
+
+def _captured_figures(monkeypatch, table: pd.DataFrame, tmp_path: Path) -> dict:
+    """Draw the stability figures of ``table``; return ``{name: figure}``, kept open to inspect."""
+    from gradscope.sweep import figures
+
+    drawn = {}
+    save = figures.style.save_figure
+
+    def keep(fig, stem, **kwargs):
+        drawn[Path(stem).name] = fig
+        return save(fig, stem, close=False)
+
+    monkeypatch.setattr(figures.style, "save_figure", keep)
+    paths = figures.stability_figures(table, tmp_path)
+    assert {p.name for p in paths} >= {f"{name}.png" for name in drawn}
+    return drawn
+
+
+def _inside(fig) -> bool:
+    """Whether every title, label and text of ``fig`` lies inside the figure and none overlaps another."""
+    fig.canvas.draw()
+    renderer, box = fig.canvas.get_renderer(), fig.bbox
+    texts = [fig._suptitle] + [t for ax in fig.axes for t in (ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts)]
+    boxes = [t.get_window_extent(renderer) for t in texts if t is not None and t.get_text()]
+    inside = all(b.x0 >= 0 and b.y0 >= 0 and b.x1 <= box.x1 and b.y1 <= box.y1 for b in boxes)
+    apart = not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    return bool(boxes) and inside and apart
+
+
+def test_stability_figures_count_from_zero_fit_their_titles_and_say_when_nothing_collapsed(monkeypatch, tmp_path):
+    import matplotlib.pyplot as plt
+
+    ring = pd.DataFrame([{"run": f"{m}{s}", "status": "done", "method": m, "scale": c, "modes_metric": "modes_covered",
+                          "final_modes": 0.0, "best_modes": 0.0, "modes_total": 8, "collapsed": True}
+                         for m in ("sn", "bssn") for s, c in ((0, 1.0), (1, 1.4))])
+    drawn = _captured_figures(monkeypatch, ring, tmp_path / "ring")
+    assert set(drawn) == {"collapse_fraction", "final_quality_box", "quality_vs_scale"}
+    for name in ("final_quality_box", "quality_vs_scale"):
+        low, high = drawn[name].axes[0].get_ylim()
+        assert low == 0 and high >= 8, name  # modes covered: 0 .. the data's 8 modes
+    texts = [t.get_text() for t in drawn["collapse_fraction"].axes[0].texts]
+    assert texts == ["2 of 2", "2 of 2"]
+    assert all(_inside(fig) for fig in drawn.values())
+    plt.close("all")
+
+    fid = pd.DataFrame([{"run": f"{m}{s}", "status": "done", "method": m, "scale": 1.0, "fid_metric": "digits_fid",
+                         "final_fid": 40.0 + s, "best_fid": 39.0, "collapsed": False}
+                        for m in ("sn", "bssn", "ssn") for s in range(3)])
+    drawn = _captured_figures(monkeypatch, fid, tmp_path / "fid")
+    assert set(drawn) == {"collapse_fraction", "final_quality_box"}
+    texts = [t.get_text() for t in drawn["collapse_fraction"].axes[0].texts]
+    assert "No collapses:\nnone of the 9 finished runs collapsed" in texts and texts.count("0 of 3") == 3
+    assert drawn["final_quality_box"].axes[0].get_ylim()[0] >= 0
+    assert all(_inside(fig) for fig in drawn.values())
+    plt.close("all")

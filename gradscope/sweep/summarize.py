@@ -1,11 +1,22 @@
 """The stability study: one row per run of a sweep, and the figures that compare methods.
 
-Collapse rule (documented, used by the table and the figures): a run *collapsed* when
-it diverged (a non-finite loss stopped it), or its final sample quality is far below
-its own best: final FID > ``FID_COLLAPSE_FACTOR`` x best FID on image data, or final
-modes covered < ``MODES_COLLAPSE_FRACTION`` x its best on the 2D sets. Runs that
-failed (an error, not training dynamics) or have not finished are listed but neither
-collapsed nor counted in the fractions.
+Collapse rule (documented, used by the table and the figures)
+--------------------------------------------------------------
+A finished run *collapsed* when
+
+1. it diverged (a non-finite loss stopped it, status ``diverged``); or
+2. on image data, its final FID is above ``FID_COLLAPSE_FACTOR`` (1.5) x its best FID
+   (quality fell far below what the run itself reached; a non-finite final FID counts); or
+3. on the 2D mixtures (``ring8``: 8 modes, ``grid25``: 25), its final generator covers
+   fewer than ``MODES_COLLAPSE_FRACTION`` (half) of the data's modes (``modes_covered``
+   of the last evaluation < 4 of 8 on ring8). The threshold is the data's mode count,
+   not the run's best: a run that never spread over the modes (too short, or
+   collapsed from the start) covers few modes and is counted, as the metric says.
+
+``collapse_reason`` says which case applied (empty when none did); a run with no
+quality metric is judged on divergence alone. Runs that failed (an error, not
+training dynamics) or have not finished are listed with ``collapsed`` NaN and are
+not counted in the fractions.
 
 Runs of one sweep are comparable only if they differ in the grid's parameters alone.
 Each ``gradscope run`` resolves its defaults when it starts, from the code installed at
@@ -23,10 +34,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from gradscope.plot import style
 from gradscope.record import load_run
 from gradscope.sweep.manifest import Manifest
 from gradscope.sweep.runner import run_dir_of
@@ -40,6 +49,10 @@ MODES_COLLAPSE_FRACTION = 0.5
 FID_NAMES = ("inception_fid", "mnist_fid", "digits_fid")
 IS_NAMES = ("inception_is_mean", "mnist_is_mean", "digits_is_mean")
 MODES_NAME = "modes_covered"
+#: The 2D mixtures, whose collapse is judged by the share of their modes covered.
+MIXTURES = ("ring8", "grid25")
+#: Run states with a training outcome; the others (pending, running, failed) are not judged.
+FINISHED = ("done", "diverged")
 #: config.json keys that may differ between the runs of one sweep: where and how each executes.
 PER_RUN_KEYS = frozenset(RUNTIME_FIELDS) | {"cpu_threads"}
 
@@ -53,12 +66,14 @@ def _series(scalars: pd.DataFrame, names: tuple[str, ...]) -> tuple[str | None, 
 
 
 def run_row(run_id: str, run_dir: Path, entry) -> dict:
-    """One summary row: the run's varied parameters, status, quality numbers, alert count, collapse flag."""
+    """One summary row: the run's varied parameters, status, quality numbers, alert count, collapse flag
+    and its reason (the module's collapse rule)."""
     row: dict = {"run": run_id, **entry.params, "status": entry.status, "attempts": entry.attempts}
     run = load_run(run_dir) if (run_dir / "config.json").exists() else None
     if run is not None:
         row["method"] = run.config.get("norm")
         row["scale"] = run.config.get("scale")
+        row["dataset"] = run.config.get("dataset")
         row["alerts"] = len(run.alerts)
         for label, names, best in (("fid", FID_NAMES, min), ("is", IS_NAMES, max), ("modes", (MODES_NAME,), max)):
             name, series = _series(run.scalars, names)
@@ -66,7 +81,10 @@ def run_row(run_id: str, run_dir: Path, entry) -> dict:
                 row[f"{label}_metric"] = name
                 row[f"final_{label}"] = float(series.iloc[-1])
                 row[f"best_{label}"] = float(best(series))
+        if "final_modes" in row:
+            row["modes_total"] = mode_count(row["dataset"])
     row["collapsed"] = collapsed(row)
+    row["collapse_reason"] = collapse_reason(row) if row["status"] in FINISHED else ""
     return row
 
 
@@ -113,17 +131,59 @@ def unlike_majority(settings: dict[str, dict[str, Any]]) -> dict[str, str]:
     return out
 
 
-def collapsed(row: dict) -> bool | float:
-    """The collapse rule of the module docstring; NaN for runs that failed or did not finish."""
+def mode_count(dataset: str | None) -> int | None:
+    """Number of modes of a 2D mixture (``ring8`` 8, ``grid25`` 25); ``None`` for any other dataset.
+
+    Examples
+    --------
+    >>> mode_count("ring8"), mode_count("grid25"), mode_count("digits")
+    (8, 25, None)
+    """
+    if dataset not in MIXTURES:
+        return None
+    from gradscope.data.mixtures import grid_centers, ring_centers
+
+    return len(ring_centers() if dataset == "ring8" else grid_centers())
+
+
+def collapse_reason(row: dict) -> str:
+    """Why a finished run collapsed by the module's rule (``""``: it did not); see :func:`collapsed`.
+
+    Examples
+    --------
+    >>> collapse_reason({"status": "done", "final_modes": 1.0, "best_modes": 1.0, "modes_total": 8})
+    'covers 1 of 8 modes (< 4)'
+    >>> collapse_reason({"status": "done", "final_fid": 30.0, "best_fid": 25.0})
+    ''
+    """
     if row["status"] == "diverged":
-        return True
-    if row["status"] != "done":
+        return "diverged"
+    if _present(row, "final_fid") or _present(row, "best_fid"):  # a NaN last FID of a run that had FIDs counts
+        final, best = row["final_fid"], row["best_fid"]
+        if not final <= FID_COLLAPSE_FACTOR * best:
+            return f"final FID {final:.4g} > {FID_COLLAPSE_FACTOR:g} x its best {best:.4g}"
+        return ""
+    if _present(row, "final_modes"):
+        final = row["final_modes"]
+        total = row.get("modes_total")
+        if total is None or not math.isfinite(total):
+            total = row["best_modes"]  # an unknown mixture: judged against the run's own best
+        threshold = MODES_COLLAPSE_FRACTION * total
+        if final < threshold or final == 0:
+            return f"covers {final:g} of {total:g} modes (< {threshold:g})"
+    return ""
+
+
+def _present(row: dict, key: str) -> bool:
+    value = row.get(key)
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def collapsed(row: dict) -> bool | float:
+    """The collapse rule of the module docstring: True / False for finished runs, NaN for the others."""
+    if row["status"] not in FINISHED:
         return math.nan
-    if "final_fid" in row:
-        return bool(row["final_fid"] > FID_COLLAPSE_FACTOR * row["best_fid"])
-    if "final_modes" in row:
-        return bool(row["final_modes"] < MODES_COLLAPSE_FRACTION * row["best_modes"])
-    return False
+    return bool(collapse_reason(row))
 
 
 def summary_table(directory: str | Path) -> pd.DataFrame:
@@ -152,55 +212,11 @@ def summary_table(directory: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _quality_column(table: pd.DataFrame) -> tuple[str | None, str]:
-    if "final_fid" in table and table["final_fid"].notna().any():
-        return "final_fid", f"final FID ({table['fid_metric'].dropna().iloc[0].replace('_', ' ')}, lower is better)"
-    if "final_modes" in table and table["final_modes"].notna().any():
-        return "final_modes", "final modes covered (higher is better)"
-    return None, ""
-
-
 def stability_figures(table: pd.DataFrame, output: Path) -> list[Path]:
-    """Quality vs scale c per method, collapse fraction per method, final quality per method (box plots)."""
-    paths: list[Path] = []
-    finished = table[table["status"].isin(["done", "diverged"])]
-    if finished.empty or "method" not in finished:
-        return paths
-    methods = sorted(finished["method"].dropna().unique())
-    column, label = _quality_column(finished)
+    """The stability figures of ``table`` in ``output`` (see :mod:`gradscope.sweep.figures`)."""
+    from gradscope.sweep.figures import stability_figures as draw
 
-    fig, axes = style.new_figure(1, 1, title="Fraction of collapsed runs per method")
-    ax = axes[0, 0]
-    fractions = [finished[finished["method"] == m]["collapsed"].astype(float).mean() for m in methods]
-    counts = [int((finished["method"] == m).sum()) for m in methods]
-    ax.bar(range(len(methods)), fractions, color=[style.color(i) for i in range(len(methods))])
-    ax.set_xticks(range(len(methods)), [f"{m}\n(n={n})" for m, n in zip(methods, counts)])
-    ax.set_ylim(0, 1)
-    style.label_axes(ax, "normalization", "collapsed runs (fraction)")
-    paths += style.save_figure(fig, output / "collapse_fraction")
-
-    if column is None:
-        return paths
-    fig, axes = style.new_figure(1, 1, title="Final sample quality per method, whole grid")
-    ax = axes[0, 0]
-    data = [finished[finished["method"] == m][column].dropna().to_numpy() for m in methods]
-    ax.boxplot(data, showmeans=True)
-    ax.set_xticks(range(1, len(methods) + 1), methods)
-    style.label_axes(ax, "normalization", label)
-    paths += style.save_figure(fig, output / "final_quality_box")
-
-    if finished["scale"].nunique() > 1:
-        fig, axes = style.new_figure(1, 1, title="Sample quality vs scale c (mean and std over seeds)")
-        ax = axes[0, 0]
-        for i, method in enumerate(methods):
-            stats = (finished[finished["method"] == method].groupby("scale")[column]
-                     .agg(["mean", "std"]).reset_index().sort_values("scale"))
-            ax.errorbar(stats["scale"], stats["mean"], yerr=np.nan_to_num(stats["std"].to_numpy()),
-                        label=method, capsize=3, marker="o", **style.series_style(i))
-        style.label_axes(ax, "scale c (multiplier of every normalized D layer)", label)
-        style.legend(ax)
-        paths += style.save_figure(fig, output / "quality_vs_scale")
-    return paths
+    return draw(table, output)
 
 
 def summarize(directory: str | Path, output: str | Path | None = None) -> tuple[pd.DataFrame, list[Path]]:
