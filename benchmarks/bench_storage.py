@@ -7,8 +7,10 @@ default statistic, recording every step) give one iteration's row layout
 ``--iterations`` iterations through :class:`gradscope.record.RunWriter`, one
 chunk per ``--flush-every`` iterations as ``gradscope run`` writes them, with
 values that drift as recorded statistics do (full float64 mantissas, the worst
-case for compression). Sizes and read times are then extrapolated linearly to
-400k iterations (rows and files both grow linearly) and stated as such.
+case for compression; values that are 0 in the real run, such as non-finite
+counts, stay 0). Sizes, read times and memory are measured on two run lengths
+and extrapolated linearly (a line through both, so fixed costs are not scaled)
+to 400k iterations, and stated as such.
 
 Write cost: the Parquet writer and the CSV writer of earlier versions,
 interleaved in a shuffled order over the same flushes in one process (this
@@ -19,7 +21,7 @@ resident set minus its baseline after imports):
 - one statistic of one net for every step: ``load_run(RUN).stat("grad_out_norm", net="D", phase="d")``;
 - the whole layers table: ``load_run(RUN).layers``.
 
-Run: ``python benchmarks/bench_storage.py --iterations 40000``
+Run: ``python benchmarks/bench_storage.py --iterations 40000 --json benchmarks/results/storage.json``
 """
 from __future__ import annotations
 
@@ -50,12 +52,13 @@ t = time.perf_counter()
 {body}
 dt = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(dt, (peak - base) * 1024, n)
+print(dt, (peak - base) * 1024, n, held)
 """
 READS = {
     "one stat of one net, all steps": "wide = r.load_run(sys.argv[1]).stat('grad_out_norm', net='D', phase='d'); "
-                                      "n = wide.size",
-    "whole layers table": "n = len(r.load_run(sys.argv[1]).layers)",
+                                      "n = wide.size; held = wide.memory_usage().sum()",
+    "whole layers table": "table = r.load_run(sys.argv[1]).layers; n = len(table); "
+                          "held = table.memory_usage().sum()",
 }
 
 
@@ -74,7 +77,7 @@ def iteration_frames(template: pd.DataFrame, steps: range, seed: int) -> list[pd
     """Frames of ``steps`` with the template's layout and drifting values (a multiplicative random walk)."""
     rng = np.random.default_rng(seed)
     base = template["value"].to_numpy(dtype=np.float64)
-    base = np.where(np.isfinite(base) & (base != 0), base, 1.0)
+    base = np.where(np.isfinite(base), base, 1.0)  # zeros stay zeros (non-finite counts, untouched biases)
     walk = np.cumsum(rng.normal(0.0, 0.01, size=(len(steps), len(base))), axis=0)
     frames = []
     for i, step in enumerate(steps):
@@ -124,54 +127,78 @@ def write_run(path: Path, template: pd.DataFrame, iterations: int, flush_every: 
     return timings
 
 
-def measure_read(path: Path, body: str) -> tuple[float, float, int]:
+def measure_read(path: Path, body: str) -> tuple[float, float, int, float]:
+    """Seconds, peak resident bytes above the baseline, values read, bytes of the result."""
     code = READ_ONE.format(body=body)
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
-    seconds, peak, n = done.stdout.split()
-    return float(seconds), float(peak), int(n)
+    seconds, peak, n, held = done.stdout.split()
+    return float(seconds), float(peak), int(n), float(held)
+
+
+def extrapolate(small: float, large: float, n_small: int, n_large: int, n_target: int) -> float:
+    """Linear in the iteration count through two measurements (fixed costs are not scaled up)."""
+    slope = (large - small) / (n_large - n_small)
+    return large + slope * (n_target - n_large)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=40_000, help="iterations of the synthetic run")
+    parser.add_argument("--iterations", type=int, default=40_000, help="iterations of the larger synthetic run "
+                        "(a second run with a quarter of them fits the fixed costs)")
     parser.add_argument("--flush-every", type=int, default=50, help="iterations per chunk (gradscope run's default)")
     parser.add_argument("--compare-flushes", type=int, default=40, help="flushes timed in both formats")
     parser.add_argument("--no-fsync", action="store_true", help="skip fsync (default: fsync as gradscope run does)")
-    parser.add_argument("--work", default=None, help="folder for the synthetic run (default: a temporary one)")
+    parser.add_argument("--work", default=None, help="folder for the synthetic runs (default: a temporary one)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-storage-"))
     work.mkdir(parents=True, exist_ok=True)
     template = template_rows(work)
-    run = work / "run"
-    shutil.rmtree(run, ignore_errors=True)
-    began = time.perf_counter()
-    timings = write_run(run, template, args.iterations, args.flush_every, not args.no_fsync, args.compare_flushes)
-    write_wall = time.perf_counter() - began
-    size = sum(p.stat().st_size for p in run.rglob("*") if p.is_file())
-    rows = len(template) * args.iterations
-    scale = PAPER_ITERATIONS / args.iterations
-    result = {"rows_per_iteration": len(template), "iterations": args.iterations, "rows": rows,
-              "files": sum(1 for _ in (run / "layers").iterdir()), "bytes": size, "bytes_per_row": size / rows,
-              "write_wall_s": write_wall, "extrapolated_bytes_400k": size * scale}
+    sizes = [max(args.flush_every, args.iterations // 4), args.iterations]
+    measured: dict[int, dict] = {}
+    timings: dict[str, list[float]] = {}
+    for n in sizes:
+        run = work / f"run{n}"
+        shutil.rmtree(run, ignore_errors=True)
+        began = time.perf_counter()
+        timed = write_run(run, template, n, args.flush_every, not args.no_fsync,
+                          args.compare_flushes if n == sizes[0] else 0)
+        timings = timings or timed
+        size = sum(p.stat().st_size for p in run.rglob("*") if p.is_file())
+        measured[n] = {"write_wall_s": time.perf_counter() - began, "bytes": size,
+                       "files": sum(1 for _ in (run / "layers").iterdir()),
+                       **{label: measure_read(run, body) for label, body in READS.items()}}
+    small, large = sizes
+    rows = len(template) * large
+    result = {"rows_per_iteration": len(template), "sizes": sizes, "measured": measured,
+              "bytes_per_row": measured[large]["bytes"] / rows,
+              "extrapolated_bytes_400k": extrapolate(measured[small]["bytes"], measured[large]["bytes"], small, large,
+                                                     PAPER_ITERATIONS)}
     parquet, csv = statistics.median(timings["parquet"]), statistics.median(timings["csv"])
-    result |= {"write_cpu_s_per_recorded_step": {"parquet": parquet, "csv": csv}, "write_ratio_parquet_to_csv":
-               parquet / csv}
-    for label, body in READS.items():
-        seconds, peak, n = measure_read(run, body)
-        result[label] = {"seconds": seconds, "peak_bytes": peak, "values": n, "extrapolated_seconds_400k":
-                         seconds * scale, "extrapolated_peak_bytes_400k": peak * scale}
-    gb = 1024 ** 3
-    print(f"setting-A-shaped run: {len(template)} rows per iteration, {args.iterations} iterations, "
-          f"{rows:,} rows in {result['files']} chunks")
-    print(f"disk: {size / 1024 ** 2:.1f} MB ({size / rows:.2f} B per row); extrapolated to 400k iterations: "
-          f"{size * scale / gb:.2f} GB")
+    result |= {"write_cpu_s_per_recorded_step": {"parquet": parquet, "csv": csv},
+               "write_ratio_parquet_to_csv": parquet / csv}
+    for label in READS:
+        (t_small, _, _, _), (t_large, m_large, _, held) = measured[small][label], measured[large][label]
+        # Peak = the result (bytes per row x rows) + the scan's buffers, which are bounded by the size of one
+        # segment file rather than growing with the run: measured at the larger run, carried over as they are.
+        overhead = max(0.0, m_large - held)
+        result[label] = {"extrapolated_seconds_400k": extrapolate(t_small, t_large, small, large, PAPER_ITERATIONS),
+                         "result_bytes_400k": held * PAPER_ITERATIONS / large, "scan_overhead_bytes": overhead,
+                         "extrapolated_peak_bytes_400k": held * PAPER_ITERATIONS / large + overhead}
+    gb = 1e9
+    print(f"setting-A-shaped run: {len(template)} rows per iteration; runs of {small:,} and {large:,} iterations "
+          f"({rows:,} rows, {measured[large]['files']} layer files), extrapolated linearly to 400k iterations "
+          f"({len(template) * PAPER_ITERATIONS:,} rows)")
+    print(f"disk: {measured[large]['bytes'] / 1e6:.1f} MB ({result['bytes_per_row']:.2f} B per row); 400k: "
+          f"{result['extrapolated_bytes_400k'] / gb:.2f} GB")
     print(f"write, CPU per recorded step (median of {len(timings['csv'])} flushes each, interleaved): "
           f"parquet {parquet * 1e3:.2f} ms, csv {csv * 1e3:.2f} ms, ratio {parquet / csv:.2f}x")
     for label in READS:
+        t, m, _, held = measured[large][label]
         r = result[label]
-        print(f"read {label}: {r['seconds']:.2f} s, peak {r['peak_bytes'] / gb:.2f} GB; extrapolated to 400k: "
-              f"{r['extrapolated_seconds_400k']:.1f} s, {r['extrapolated_peak_bytes_400k'] / gb:.2f} GB")
+        print(f"read {label}: {t:.2f} s, peak {m / gb:.2f} GB ({held / gb:.2f} GB of result) at {large:,} "
+              f"iterations; 400k: {r['extrapolated_seconds_400k']:.1f} s, {r['extrapolated_peak_bytes_400k'] / gb:.2f} "
+              f"GB ({r['result_bytes_400k'] / gb:.2f} GB of result + {r['scan_overhead_bytes'] / gb:.2f} GB buffers)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.work is None:
