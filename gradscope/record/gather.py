@@ -88,22 +88,21 @@ class ColumnGatherer:
             self._store(column, arrays[column])
         self.filled += n
 
+    def values_of(self, column: str, array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """An Arrow column as numpy: names as this gatherer's codes, numbers as they are."""
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        if column not in self.names:
+            return array.to_numpy(zero_copy_only=False)
+        if not pa.types.is_dictionary(array.type):
+            array = array.dictionary_encode()
+        return self.encode(column, array.dictionary.to_pylist(), array.indices.to_numpy(zero_copy_only=False))
+
     def add_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Add an Arrow batch whose name columns are dictionary-encoded (or plain strings)."""
-        n = batch.num_rows
         for column in self.columns:
-            array = batch.column(column)
-            if isinstance(array, pa.ChunkedArray):
-                array = array.combine_chunks()
-            if column in self.names:
-                if not pa.types.is_dictionary(array.type):
-                    array = array.dictionary_encode()
-                values = self.encode(column, array.dictionary.to_pylist(),
-                                     array.indices.to_numpy(zero_copy_only=False))
-            else:
-                values = array.to_numpy(zero_copy_only=False)
-            self._store(column, values)
-        self.filled += n
+            self._store(column, self.values_of(column, batch.column(column)))
+        self.filled += batch.num_rows
 
     def add_frame(self, frame: pd.DataFrame) -> None:
         """Add a pandas frame holding the columns (names as strings or categoricals)."""

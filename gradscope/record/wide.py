@@ -80,17 +80,8 @@ def add_wide_batch(gather: ColumnGatherer, batch: pa.RecordBatch | pa.Table, sta
     flat = np.flatnonzero(present.ravel())
     arrays: dict[str, np.ndarray] = {}
     for column in KEYS:
-        if column not in gather.columns:
-            continue
-        array = _plain(batch.column(column))
-        if column in gather.names:
-            if not pa.types.is_dictionary(array.type):
-                array = array.dictionary_encode()
-            per_row = gather.encode(column, array.dictionary.to_pylist(),
-                                    array.indices.to_numpy(zero_copy_only=False))
-        else:
-            per_row = array.to_numpy(zero_copy_only=False)
-        arrays[column] = np.repeat(per_row, counts)
+        if column in gather.columns:
+            arrays[column] = np.repeat(gather.values_of(column, batch.column(column)), counts)
     if "stat" in gather.columns:
         arrays["stat"] = gather.encode("stat", list(stats), flat % k)
     if "value" in gather.columns:
