@@ -1,7 +1,8 @@
 """Manage run directories: ``gradscope runs convert DIR`` rewrites CSV chunks as Parquet.
 
 Runs written before Parquet chunks (``layers/NNNNNN.csv``) load as they are;
-converting them makes them about 7x smaller and faster to read. ``DIR`` is a
+converting them (and merging their flushes into segments of 64) makes them
+smaller and faster to read. ``DIR`` is a
 run directory or any folder above runs (a sweep): every run below it is
 converted. Each chunk is written as Parquet under its own number before its
 CSV is deleted, so an interrupted conversion loses nothing and can be run
@@ -15,7 +16,15 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from gradscope.record.chunks import COLUMNS, chunk_files, read_one, write_chunk
+from gradscope.record.chunks import (
+    COLUMNS,
+    SEGMENT_FLUSHES,
+    chunk_files,
+    chunk_span,
+    merge_chunks,
+    read_one,
+    write_chunk,
+)
 from gradscope.record.storage import TABLES, format_bytes
 
 
@@ -71,10 +80,24 @@ def convert_run(run: Path, fsync: bool = True, into: Conversion | None = None) -
                     done.damaged += 1
                     continue
             done.bytes_before += size
-            done.bytes_after += target.stat().st_size
             path.unlink()
             done.converted += 1
+        merge_singles(run / table, fsync)
+        done.bytes_after += sum(p.stat().st_size for p in chunk_files(run / table) if p.suffix == ".parquet")
     return done
+
+
+def merge_singles(folder: Path, fsync: bool = True) -> None:
+    """Merge runs of consecutive single-flush Parquet chunks into segments of :data:`SEGMENT_FLUSHES`."""
+    group: list[Path] = []
+    for path in [*chunk_files(folder), None]:
+        single = path is not None and path.suffix == ".parquet" and chunk_span(path)[0] == chunk_span(path)[1]
+        if single:
+            group.append(path)
+        if len(group) == SEGMENT_FLUSHES or (not single and group):
+            if len(group) > 1:
+                merge_chunks(group, fsync)
+            group = []
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
