@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import html.parser
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ from torch import nn
 from gradscope import cli
 from gradscope.plot import style
 from gradscope.plot.quantities import lecun_prediction, run_label, variance_ratios
-from gradscope.plot.report import build_report, write_report
+from gradscope.plot.report import build_report
 from gradscope.plot.runs import FIGURES, plot_runs
 from gradscope.record import Recorder, RunWriter
 
@@ -120,8 +118,9 @@ def test_variance_ratios_match_hand_computation():
 def test_plot_runs_draws_every_standard_figure(runs, tmp_path):
     written = plot_runs(runs, tmp_path)
     assert set(written) == set(FIGURES)
-    for name in FIGURES:
-        _assert_figure_files(written[name])
+    assert written.pop("quality") == []  # these runs evaluated no sample quality (tests/test_report.py does)
+    for name, paths in written.items():
+        _assert_figure_files(paths)
 
 
 def test_plot_runs_rejects_bad_input(runs, tmp_path):
@@ -191,6 +190,7 @@ def test_report_is_self_contained_html(runs, tmp_path):
 
 def test_report_command_writes_the_file(runs, tmp_path, capsys):
     out = tmp_path / "r" / "report.html"
+    out.parent.mkdir()  # the command refuses a missing -o folder (a typo there must not create one)
     analysis = _analysis_dir(tmp_path)
     argv = [str(runs[0]), str(analysis.parent), "-o", str(out), "--figures", "losses"]
     assert cli.main(["report", *argv]) == 0
@@ -198,18 +198,3 @@ def test_report_command_writes_the_file(runs, tmp_path, capsys):
     assert text.startswith("<!DOCTYPE html>") and "planted quantity" in text and "Theory checks" in text
     assert cli.main(["report", str(tmp_path / "nothing"), "-o", str(out)]) == 2
     assert "no run or analysis directory" in capsys.readouterr().err
-
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium installed")
-def test_report_renders_in_headless_chromium(runs, tmp_path):
-    report = write_report(tmp_path / "report.html", runs, [_analysis_dir(tmp_path)], figures=["grad_norms"])
-    shot = tmp_path / "shot.png"
-    proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-                           "--window-size=1200,2400", report.resolve().as_uri()],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = shot.read_bytes()
-    assert data.startswith(PNG_MAGIC) and len(data) > 20000  # a rendered page, not a blank one

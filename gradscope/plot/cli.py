@@ -1,10 +1,16 @@
 """Draw the standard figures of one or more recorded runs, overlaid and labelled by normalization.
 
-Sub-command ``gradscope plot RUN_DIR [RUN_DIR ...] -o DIR``: per-layer
+Sub-command ``gradscope plot RUN_DIR [RUN_DIR ...] [-o DIR]``: per-layer
 gradient norms, sigmas, the LeCun ratio with its theory line, forward /
 backward variance gains, the gradient flow through the layers at chosen
-steps, input-gradient slopes and losses, as PNG and PDF. Works on GAN runs of
-``gradscope run`` and on any model recorded with ``gradscope.Recorder``.
+steps, input-gradient slopes, sample-quality metrics and losses, as PNG and
+PDF. Works on GAN runs of ``gradscope run`` and on any model recorded with
+``gradscope.Recorder``.
+
+Where the figures go: one run's figures belong to it, so ``gradscope plot
+RUN`` writes into ``RUN/plots``; an overlay of several runs belongs to none
+of them, so it needs ``-o DIR`` (an error says so, rather than writing into
+whichever folder the shell is in).
 """
 from __future__ import annotations
 
@@ -14,11 +20,16 @@ from pathlib import Path
 from gradscope.plot.flow import DEFAULT_FLOW_STEPS, MAX_FLOW_STEPS, STEP_WORDS
 from gradscope.plot.runs import FIGURES, plot_runs
 
+#: Where ``gradscope plot RUN`` writes without ``-o``: this folder inside the run directory.
+PLOTS_DIR = "plots"
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``gradscope plot``."""
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories to overlay")
-    parser.add_argument("-o", "--out", type=Path, default=Path("plots"), help="output directory")
+    parser.add_argument("-o", "--out", type=Path, default=None, metavar="DIR",
+                        help=f"output directory (created); None: RUN_DIR/{PLOTS_DIR} for one run, while "
+                             "several runs need -o (their overlay belongs to none of them)")
     parser.add_argument("--net", default=None,
                         help="recorded net whose layers to plot; None: D if recorded, else the only net")
     parser.add_argument("--phase", default=None,
@@ -82,12 +93,23 @@ def parse_names(spec: str | None) -> list[str] | None:
     return names
 
 
+def output_folder(runs: list[str], out: Path | None) -> Path:
+    """``out``, else ``RUN/plots`` for one run; several runs without ``out`` raise ``ValueError``."""
+    if out is not None:
+        return out
+    if len(runs) == 1:
+        return Path(runs[0]) / PLOTS_DIR
+    raise ValueError(f"{len(runs)} runs overlaid belong to none of them: choose where the figures go "
+                     "with -o DIR (one run alone writes into RUN_DIR/plots)")
+
+
 def execute(args: argparse.Namespace) -> int:
     """Draw the figures; print each written file; return 0."""
     for path in args.runs:
         if not Path(path).is_dir():
             raise FileNotFoundError(f"no run directory {path}")
-    written = plot_runs(args.runs, args.out, net=args.net, phase=args.phase, figures=parse_figures(args.figures),
+    out = output_folder(args.runs, args.out)
+    written = plot_runs(args.runs, out, net=args.net, phase=args.phase, figures=parse_figures(args.figures),
                         loss_name=args.loss_name, flow_stats=parse_names(args.flow_stats),
                         flow_steps=parse_steps(args.steps), flow_n_steps=args.n_steps)
     for name, paths in written.items():

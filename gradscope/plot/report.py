@@ -1,111 +1,75 @@
-"""One self-contained HTML report of recorded runs and analysis verdicts.
+"""One self-contained HTML report of recorded runs, sweeps and analysis verdicts.
 
 Everything is inside the file: figures as base64 PNG ``data:`` URIs, styles
 inline, no scripts and no external links, so it can be mailed, archived or
-opened offline. Sections: per run its configuration, status, provenance and
-alerts; the standard figures (:mod:`gradscope.plot.runs`) overlaying all runs;
-and, for analysis output directories (``result.json`` as written by
-``gradscope reproduce`` / ``check --out``), their verdict tables and figures.
+opened offline. Sections, in reading order:
+
+- **Runs**: one row per run, in the colour it has in every figure;
+- **Sample quality**: the last value of each metric per run (best in bold, the
+  real-data floor where known), the metrics vs step, and what each metric
+  means (:mod:`.metric_info`);
+- **Samples**: each run's first, middle and last saved sample grid;
+- **Losses**: raw traces faint, running means bold;
+- **Layer statistics**: the other standard figures (:mod:`gradscope.plot.runs`);
+- **Alerts**: per run, events grouped by rule, net and statistic;
+- **Sweeps**: ``summary.csv`` and the stability figures of a summarized sweep folder;
+- **Theory checks**: verdict tables and figures of analysis output directories
+  (``result.json`` as written by ``gradscope reproduce`` / ``check --out``);
+- **Run details**: configuration and provenance.
 """
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gradscope.plot.runs import FIGURES, LabelledRun, load_runs, plot_runs
+from gradscope.plot import style
+from gradscope.plot.report_html import CSS, esc, figure_image, fmt, image, table
+from gradscope.plot.report_runs import (
+    MAX_ALERT_ROWS,
+    alerts_section,
+    details_section,
+    metric_explanations,
+    metrics_table,
+    overview,
+    samples_section,
+)
+from gradscope.plot.report_sweeps import is_sweep, sweeps_section
+from gradscope.plot.runs import FIGURES, LabelledRun, load_runs, run_figures
 from gradscope.record.storage import atomic_write_text
 
-MAX_ALERT_ROWS = 50
+__all__ = ["MAX_ALERT_ROWS", "build_report", "find_analyses", "write_report"]
+
 _VERDICT_CLASS = {"holds": "ok", "violated": "bad", "inconclusive": "meh"}
-_CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:2em auto;max-width:1100px;
-color:#222;padding:0 1em;line-height:1.4}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
-td,th{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top}
-th{background:#f3f3f3}code{background:#f6f6f6;padding:0 .2em}
-img{max-width:100%;height:auto;border:1px solid #eee;margin:.4em 0}
-.ok{background:#d9f0e3}.bad{background:#f8d7cf}.meh{background:#fbf0c9}
-.muted{color:#777;font-size:.85em}
-"""
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], row_class=None) -> str:
-    head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
-    body = []
-    for row in rows:
-        cls = row_class(row) if row_class else None
-        attr = f' class="{cls}"' if cls else ""
-        body.append(f"<tr{attr}>" + "".join(f"<td>{_esc(_fmt(row.get(c, '')))}</td>" for c in columns) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return "" if value is None else str(value)
-
-
-def _key_values(data: Mapping[str, Any]) -> str:
-    return _table([{"key": k, "value": v} for k, v in sorted(data.items())], ["key", "value"])
-
-
-def _image(path: Path, alt: str) -> str:
-    encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{encoded}">'
-
-
-def _run_section(item: LabelledRun) -> str:
-    run = item.run
-    status = run.status or {}
-    state = status.get("state", "unknown")
-    parts = [f"<h3>{_esc(item.label)} <span class='muted'>{_esc(run.path)}</span></h3>",
-             f"<p>status: <b>{_esc(state)}</b>, last step {_esc(status.get('step', '?'))}; "
-             f"{run.row_count('layers')} layer rows, {run.row_count('scalars')} scalar rows, {len(run.alerts)} alerts</p>"]
-    if run.config:
-        parts.append("<details><summary>configuration</summary>" + _key_values(run.config) + "</details>")
-    if run.provenance:
-        parts.append("<details><summary>provenance</summary>" + _key_values(run.provenance) + "</details>")
-    if len(run.alerts):
-        alerts = run.alerts.head(MAX_ALERT_ROWS).to_dict("records")
-        more = len(run.alerts) - len(alerts)
-        parts.append("<p><b>alerts</b>" + (f" (first {len(alerts)} of {len(run.alerts)})" if more else "") + "</p>")
-        parts.append(_table(alerts, ["step", "phase", "net", "layer", "rule", "message"],
-                            row_class=lambda r: "bad"))
-    else:
-        parts.append("<p>no alerts</p>")
-    return "\n".join(parts)
+#: The figures with sections of their own; the other standard figures go under "Layer statistics".
+_CURVES = ("quality", "losses")
+_FIGURE_TITLES = {
+    "grad_norms": "Back-propagated gradient norm per layer", "sigma": "Spectral norms per layer",
+    "lecun_ratio": "LeCun ratio per layer", "variance_ratios": "Forward and backward variance gains",
+    "gradient_flow": "Gradient flow through the layers", "slopes": "Input-gradient norms",
+}
 
 
 def _analysis_section(folder: Path) -> str:
     result = json.loads((folder / "result.json").read_text())
     checks = result.get("checks", [])
-    parts = [f"<h3>{_esc(result.get('claim', '?'))}: {_esc(result.get('title', ''))}</h3>",
-             f"<p>scale <code>{_esc(result.get('scale', '?'))}</code>; must-hold checks "
+    parts = [f"<h3>{esc(result.get('claim', '?'))}: {esc(result.get('title', ''))}</h3>",
+             f"<p>scale <code>{esc(result.get('scale', '?'))}</code>; must-hold checks "
              f"{'all hold' if result.get('ok') else '<b>do not all hold</b>'}</p>"]
-    rows = [{**c, "bound": f"{c.get('relation', '')} {_fmt(c.get('bound_or_prediction'))}",
+    rows = [{**c, "bound": f"{c.get('relation', '')} {fmt(c.get('bound_or_prediction'))}",
              "must hold": "yes" if c.get("must_hold") else ""} for c in checks]
-    parts.append(_table(rows, ["quantity", "measured", "bound", "verdict", "must hold", "detail"],
+    parts.append(table(rows, ["quantity", "measured", "bound", "verdict", "must hold", "detail"],
                         row_class=lambda r: _VERDICT_CLASS.get(r.get("verdict"))))
     for note in result.get("notes", []):
-        parts.append(f"<p class='muted'>{_esc(note)}</p>")
+        parts.append(f"<p class='muted'>{esc(note)}</p>")
     for name in result.get("figures", []):
         path = folder / name
         if path.suffix == ".png" and path.is_file():
-            parts.append(_image(path, f"{result.get('claim')} {path.stem}"))
+            parts.append(image(path, f"{result.get('claim')} {path.stem}", css="figure", data_figure=path.stem))
     return "\n".join(parts)
 
 
@@ -122,17 +86,58 @@ def find_analyses(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return found
 
 
+def _figures(loaded: Sequence[LabelledRun], names: Sequence[str], folder: Path, **kwargs: Any) -> dict[str, str]:
+    """Figure name -> embedded ``<img>`` (``""`` for a figure no run recorded)."""
+    drawn = run_figures(loaded, figures=list(names), **kwargs)
+    embedded: dict[str, str] = {}
+    try:
+        for name, fig in drawn.items():
+            embedded[name] = figure_image(fig, name, folder, name.replace("_", " ")) if fig is not None else ""
+    except BaseException:
+        style.close_all(fig for name, fig in drawn.items() if fig is not None and name not in embedded)
+        raise
+    return embedded
+
+
+def _run_sections(loaded: Sequence[LabelledRun], figures: Sequence[str], **kwargs: Any) -> list[str]:
+    with tempfile.TemporaryDirectory(prefix="gradscope-report-") as tmp:
+        drawn = _figures(loaded, figures, Path(tmp), **kwargs)
+    body = ["<h2 id='runs'>Runs</h2>", overview(loaded),
+            "<h2 id='quality'>Sample quality</h2>", "<h3>Final metrics</h3>",
+            "<p class='muted'>The last evaluation of each run; bold: the best run per metric.</p>",
+            metrics_table(loaded)]
+    if drawn.get("quality"):
+        body += ["<h3>Metrics vs step</h3>", drawn["quality"]]
+    body += [metric_explanations(loaded), "<h2 id='samples'>Samples</h2>", samples_section(loaded)]
+    if drawn.get("losses"):
+        body += ["<h2 id='losses'>Losses</h2>", drawn["losses"]]
+    layer_figures = [name for name in figures if name not in _CURVES]
+    if layer_figures:
+        body.append("<h2 id='layers'>Layer statistics</h2>")
+        for name in layer_figures:
+            if drawn[name]:
+                body.append(f"<h3>{esc(_FIGURE_TITLES.get(name, name))}</h3>" + drawn[name])
+        skipped = [name for name in figures if not drawn[name]]
+        if skipped:
+            body.append(f"<p class='muted'>not recorded in these runs: {esc(', '.join(skipped))}</p>")
+    body += ["<h2 id='alerts'>Alerts</h2>", alerts_section(loaded)]
+    return body
+
+
 def build_report(runs: Sequence[str | os.PathLike] = (), analyses: Sequence[str | os.PathLike] = (), *,
-                 title: str = "gradscope report", net: str | None = None, figures: Sequence[str] = FIGURES,
-                 loss_name: str | None = None) -> str:
+                 sweeps: Sequence[str | os.PathLike] = (), title: str = "gradscope report", net: str | None = None,
+                 figures: Sequence[str] = FIGURES, loss_name: str | None = None) -> str:
     """The report as one HTML string.
 
     Parameters
     ----------
     runs : sequence of run directories
-        Recorded runs (``gradscope run`` output); their standard figures are drawn overlaid.
+        Recorded runs (``gradscope run`` output), drawn overlaid, one colour each. A sweep
+        directory among them is shown as a sweep (as if passed in ``sweeps``).
     analyses : sequence of directories
         Analysis outputs holding ``result.json`` (or folders of them, e.g. a ``reproduce --out`` directory).
+    sweeps : sequence of directories
+        Sweep directories (``gradscope sweep --out``); their ``summary.csv`` and figures are shown.
     title : str
         Page title.
     net : str, optional
@@ -142,27 +147,32 @@ def build_report(runs: Sequence[str | os.PathLike] = (), analyses: Sequence[str 
     loss_name : str, optional
         What the loss ``L`` of a non-GAN run is, written on the gradient axes.
     """
-    if not runs and not analyses:
-        raise ValueError("give at least one run directory or analysis directory")
+    sweeps = list(sweeps) + [path for path in runs if is_sweep(path)]
+    runs = [path for path in runs if not is_sweep(path)]
+    if not runs and not analyses and not sweeps:
+        raise ValueError("give at least one run directory, sweep directory or analysis directory")
+    for name in figures:
+        if name not in FIGURES:
+            raise ValueError(f"unknown figure {name!r}; valid choices: {', '.join(FIGURES)}")
     loaded = load_runs(runs) if runs else []
-    body = [f"<h1>{_esc(title)}</h1>",
-            f"<p class='muted'>generated {_esc(_dt.datetime.now().isoformat(timespec='seconds'))} by gradscope</p>"]
-    if loaded:
-        body.append("<h2>Runs</h2>")
-        body += [_run_section(item) for item in loaded]
-        body.append("<h2>Figures</h2>")
-        with tempfile.TemporaryDirectory(prefix="gradscope-report-") as tmp:
-            written = plot_runs(loaded, tmp, net=net, figures=figures, loss_name=loss_name)
-            for name, paths in written.items():
-                pngs = [p for p in paths if p.suffix == ".png"]
-                if pngs:
-                    body.append(f"<h3>{_esc(name)}</h3>" + _image(pngs[0], name))
     folders = find_analyses(analyses) if analyses else []
+    contents = ([("runs", "Runs"), ("quality", "Sample quality"), ("samples", "Samples"), ("alerts", "Alerts")]
+                if loaded else []) + ([("sweeps", "Sweeps")] if sweeps else []) + (
+                [("checks", "Theory checks")] if folders else []) + ([("details", "Run details")] if loaded else [])
+    body = [f"<h1>{esc(title)}</h1>",
+            f"<p class='muted'>generated {esc(_dt.datetime.now().isoformat(timespec='seconds'))} by gradscope</p>",
+            "<nav>" + "".join(f"<a href='#{key}'>{esc(words)}</a>" for key, words in contents) + "</nav>"]
+    if loaded:
+        body += _run_sections(loaded, figures, net=net, loss_name=loss_name)
+    if sweeps:
+        body += ["<h2 id='sweeps'>Sweeps</h2>", sweeps_section(sweeps)]
     if folders:
-        body.append("<h2>Theory checks</h2>")
+        body.append("<h2 id='checks'>Theory checks</h2>")
         body += [_analysis_section(folder) for folder in folders]
+    if loaded:
+        body += ["<h2 id='details'>Run details</h2>", details_section(loaded)]
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>\n"
+            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>\n"
             + "\n".join(body) + "\n</body></html>\n")
 
 

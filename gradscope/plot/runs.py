@@ -14,7 +14,9 @@ only net and ``train`` for a ``Recorder(model)`` run):
 ``variance_ratios`` forward and backward variance gains per layer (median over steps, IQR band)
 ``gradient_flow``  per-layer statistics from input to output at chosen steps (:mod:`.flow`)
 ``slopes``         per-sample ``||grad_x f(x)||`` on the recorded batches (mean, min-max band)
-``losses``         losses (and mean D outputs of a GAN) vs step
+``quality``        sample-quality metrics (FID, IS, KID, modes covered) vs step, with the
+                   real-vs-real floor where known (:mod:`.quality`, :mod:`.metric_info`)
+``losses``         losses (and mean D outputs of a GAN) vs step, raw faint, running mean bold
 =================  ==========================================================================
 
 Gradients are of the loss ``L`` (``loss_name`` says what it is); in a GAN run
@@ -43,6 +45,7 @@ from gradscope.plot.labels import (
     short_layer_names,
     with_note,
 )
+from gradscope.plot.quality import draw_quality
 from gradscope.plot.quantities import layer_prediction_table, variance_ratios
 from gradscope.plot.scalar_figures import draw_losses, draw_slopes
 from gradscope.plot.selection import (
@@ -60,7 +63,7 @@ from gradscope.plot.ticks import can_log, has_data, log_scale, mark_not_recorded
 __all__ = ["FIGURES", "MAX_PANELS", "MAX_POINTS", "LabelledRun", "load_runs", "plot_runs", "run_figures"]
 
 FIGURES: tuple[str, ...] = ("grad_norms", "sigma", "lecun_ratio", "variance_ratios", "gradient_flow", "slopes",
-                            "losses")
+                            "quality", "losses")
 #: Most per-layer panels in one figure; a deeper net shows evenly spaced layers (gradient_flow shows all).
 MAX_PANELS = 16
 _SIGMA_SERIES = (
@@ -156,6 +159,7 @@ def run_figures(runs: Sequence[RunLike], *, net: str | None = None, phase: str |
         "gradient_flow": lambda: draw_gradient_flow(loaded, stats=flow_stats, steps=flow_steps,
                                                     n_steps=flow_n_steps, net=net, phase=phase, loss_name=loss_name),
         "slopes": lambda: draw_slopes(loaded, "D" if _is_gan(loaded) else "f"),
+        "quality": lambda: draw_quality(loaded, "step (generator updates)" if _is_gan(loaded) else "step"),
         "losses": lambda: draw_losses(loaded, gan=_is_gan(loaded), loss_name=loss_name),
     }
     drawn: dict[str, Figure | None] = {}

@@ -13,13 +13,17 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from gradscope.plot import style
-from gradscope.plot.selection import LabelledRun, thin
+from gradscope.plot.selection import LabelledRun, last_per_step, thin
 from gradscope.plot.ticks import can_log, log_scale
 
 #: The trainer's scalars, in the order their panels appear, with their axis labels.
 GAN_SCALARS: tuple[tuple[str, str], ...] = (("loss_d", "D loss L_D"), ("loss_g", "G loss L_G"),
                                             ("d_real", "mean D(real)"), ("d_fake", "mean D(fake)"))
 MAX_LOSS_PANELS = 6
+#: Shortest loss trace drawn with a running mean (shorter ones are drawn as logged).
+MIN_SMOOTHED = 20
+#: Opacity of a raw loss trace under its running mean.
+RAW_ALPHA = 0.35
 
 
 def draw_slopes(loaded: Sequence[LabelledRun], f: str = "f") -> Figure | None:
@@ -68,9 +72,34 @@ def loss_scalars(loaded: Sequence[LabelledRun]) -> list[tuple[str, str]]:
     return (known + [(n, n) for n in others])[:MAX_LOSS_PANELS]
 
 
+def smoothing_window(n_values: int) -> int:
+    """Values in the centred running mean of a loss trace of ``n_values`` logged values (odd; 1: none).
+
+    About 5 % of the trace, at least 5 values; traces of fewer than :data:`MIN_SMOOTHED` values are not smoothed.
+
+    Examples
+    --------
+    >>> smoothing_window(10), smoothing_window(60), smoothing_window(1000)
+    (1, 5, 51)
+    """
+    if n_values < MIN_SMOOTHED:
+        return 1
+    return max(5, n_values // 20) | 1
+
+
+def smooth(values: pd.Series, window: int) -> pd.Series:
+    """Centred running mean over ``window`` values (shorter at the ends, never shifted)."""
+    if window <= 1:
+        return values
+    return values.rolling(window, center=True, min_periods=1).mean()
+
+
 def draw_losses(loaded: Sequence[LabelledRun], gan: bool = False, loss_name: str | None = None) -> Figure | None:
     """Losses (and, in a GAN run, mean D outputs) vs step, one panel per logged scalar.
 
+    Each trace is drawn faint as logged and bold as its centred running mean
+    (:func:`smoothing_window`), so the trend shows through the minibatch noise;
+    the mean is taken over every logged value before long traces are thinned for drawing.
     A scalar named ``loss`` of a non-GAN run is the loss ``L``, described by ``loss_name`` when given.
     """
     present = loss_scalars(loaded)
@@ -78,15 +107,37 @@ def draw_losses(loaded: Sequence[LabelledRun], gan: bool = False, loss_name: str
         return None
     if loss_name and not gan:
         present = [(n, f"loss L: {loss_name}" if n == "loss" else label) for n, label in present]
-    title = "Losses and discriminator outputs vs step" if gan else "Losses vs step"
-    fig, axes = style.new_figure(1, len(present), panel_size=(max(2.8, 6.0 / len(present)), 2.4), title=title)
-    for col, (name, label) in enumerate(present):
-        ax = axes[0, col]
+    traces = {}
+    for name, _ in present:
         for r, item in enumerate(loaded):
-            rows = thin(item.run.scalars[item.run.scalars["name"] == name])
+            rows = item.run.scalars[item.run.scalars["name"] == name]
             if not rows.empty:
-                ax.plot(rows["step"], rows["value"], label=item.label, **style.series_style(r))
-        style.label_axes(ax, "step", label, label)
+                traces[name, r] = last_per_step(rows)
+    windows = {smoothing_window(len(trace)) for trace in traces.values()}
+    title = "Losses and discriminator outputs vs step" if gan else "Losses vs step"
+    if max(windows) > 1:
+        over = (f"{max(windows)} logged values" if len(windows) == 1
+                else "about 5 % of each run's logged values")
+        title += f"\nfaint: every logged value; bold: centred running mean over {over}"
+    ncols = min(len(present), 4)
+    nrows = -(-len(present) // ncols)
+    fig, axes = style.new_figure(nrows, ncols, panel_size=(max(2.8, 8.8 / ncols), 2.5), title=title)
+    for ax in axes.flat[len(present):]:
+        ax.set_visible(False)
+    for ax, (name, label) in zip(axes.flat, present):
+        for r, item in enumerate(loaded):
+            if (name, r) not in traces:
+                continue
+            trace = traces[name, r]
+            window = smoothing_window(len(trace))
+            frame = thin(pd.DataFrame({"step": trace.index, "raw": trace.to_numpy(),
+                                       "mean": smooth(trace, window).to_numpy()}))
+            if window > 1:
+                ax.plot(frame["step"], frame["raw"], color=style.color(r), alpha=RAW_ALPHA, linewidth=0.7)
+                ax.plot(frame["step"], frame["mean"], label=item.label, **style.series_style(r))
+            else:
+                ax.plot(frame["step"], frame["raw"], label=item.label, **style.series_style(r))
+        style.label_axes(ax, "step (generator updates)" if gan else "step", label, label)
         style.integer_ticks(ax)
-    style.figure_legend(fig, axes[0, 0], axes=axes.flat)
+    style.figure_legend(fig, axes.flat[0], axes=axes.flat)
     return fig

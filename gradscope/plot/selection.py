@@ -127,3 +127,12 @@ def thin(frame: pd.DataFrame, column: str = "step", most: int = MAX_POINTS) -> p
         return frame
     keep = set(steps[np.linspace(0, len(steps) - 1, most).round().astype(int)])
     return frame[frame[column].isin(keep)]
+
+
+def last_per_step(rows: pd.DataFrame) -> pd.Series:
+    """``value`` of scalar rows by step, the last row of each step kept even when it is NaN (not skipped)."""
+    if rows.empty:
+        return pd.Series(dtype=float)
+    kept = rows.sort_values("step", kind="mergesort").drop_duplicates("step", keep="last")
+    return pd.Series(kept["value"].to_numpy(dtype=float), index=pd.Index(kept["step"].to_numpy(), name="step"),
+                     name="value")
