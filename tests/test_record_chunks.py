@@ -83,6 +83,10 @@ def test_parquet_round_trip_equals_the_rows_written_and_the_csv_format(tmp_path,
     flushes = random_flushes(seed)
     write_parquet_run(tmp_path / "parquet", flushes)
     write_csv_run(tmp_path / "csv", flushes)
+    for kind in ("parquet", "csv"):  # counted from footers (or lines) before anything is read
+        fresh = load_run(tmp_path / kind)
+        counts = fresh.row_count("layers"), fresh.row_count("scalars")
+        assert "tables read: none" in repr(fresh) and counts == (len(fresh.layers), len(fresh.scalars))
     new, old = load_run(tmp_path / "parquet"), load_run(tmp_path / "csv")
     pd.testing.assert_frame_equal(new.layers, old.layers)
     pd.testing.assert_frame_equal(new.scalars, old.scalars)

@@ -428,14 +428,17 @@ def read_rows(folder: Path, table: str, where: RowFilter | None = None,
     return gather.frame()
 
 
-def stored_rows(folder: Path, table: str) -> int:
-    """Rows of a table (long form) from its chunks' footers; CSV chunks are counted by lines."""
+def stored_rows(folder: Path, table: str) -> int | None:
+    """Rows of a table (long form) from its chunks' footers, CSV chunks counted by lines; ``None`` when a
+    footer lacks the null counts (chunks written before every column had statistics)."""
     files = chunk_files(folder)
     parquet = [p for p in files if p.suffix == ".parquet"]
     footers = _footers(parquet)
     columns = sorted({n for meta in footers for n in meta.schema.names if n.startswith("stat.")}) \
         if table == "layers" else ["value"]
-    counted = _present_values(footers, columns) or 0
+    counted = _present_values(footers, columns) if parquet else 0
+    if counted is None or len(footers) < len(parquet):
+        return None
     for path in (p for p in files if p.suffix == ".csv"):
         with open(path, "rb") as handle:
             counted += max(0, sum(1 for _ in handle) - 1)

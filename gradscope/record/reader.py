@@ -135,9 +135,10 @@ class Run:
 
     def row_count(self, table: str = "layers") -> int:
         """Rows of ``table`` (``layers`` or ``scalars``), from the chunk footers when it is not in memory."""
-        if self._tables[table] is not None or not self.where.is_empty():
-            return len(self._table(table))
-        return stored_rows(self.path / table, table)
+        counted = None
+        if self._tables[table] is None and self.where.is_empty():
+            counted = stored_rows(self.path / table, table)
+        return len(self._table(table)) if counted is None else counted
 
     def nets(self) -> list[str]:
         """The nets with layer statistics, sorted."""
