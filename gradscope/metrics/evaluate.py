@@ -74,6 +74,7 @@ def evaluate_generator(
     n_reference: int | None = None,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
+    fallback: bool = True,
 ) -> dict[str, float]:
     """Sample-quality numbers of ``generator`` against ``dataset``.
 
@@ -118,6 +119,9 @@ def evaluate_generator(
         Real images behind the reference statistics (default: the dataset, up to 50,000).
     kid_subsets, kid_subset_size : int
         KID's subsets.
+    fallback : bool
+        With ``extractor="inception"``: fall back to the digits classifier (with a warning) when Inception
+        cannot be had, or raise :class:`~gradscope.metrics.inception.InceptionUnavailable` (false).
 
     Returns
     -------
@@ -138,7 +142,7 @@ def evaluate_generator(
         samples = torch.cat([batch.detach().cpu() for batch in batches])
         return mode_metrics(samples, dataset.centers, float(dataset.std))
     features = get_extractor(extractor, device=device, cache_dir=cache_dir, inception_weights=inception_weights,
-                             dataset_name=getattr(dataset, "name", None))
+                             dataset_name=getattr(dataset, "name", None), fallback=fallback)
     quality = SampleQuality(features, metrics, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed)
     if quality.needs_real:
         quality.set_reference(reference_statistics(dataset, features, n_samples=n_reference, batch_size=batch_size,

@@ -19,7 +19,8 @@ EXTRACTORS = ("auto", "digits", "mnist", "inception")
 logger = logging.getLogger("gradscope.metrics")
 
 _loaded: dict[tuple[str, str, str, str], FeatureExtractor] = {}
-_failed: set[tuple[str, str, str, str]] = set()
+#: Settings whose Inception could not be built -> why (not retried: a periodic evaluation would retry a download).
+_failed: dict[tuple[str, str, str, str], str] = {}
 _warned: set[str] = set()
 
 
@@ -68,6 +69,7 @@ def get_extractor(
     cache_dir: str | os.PathLike[str] | None = None,
     inception_weights: str | os.PathLike[str] | None = None,
     dataset_name: str | None = None,
+    fallback: bool = True,
 ) -> FeatureExtractor:
     """Build (once per process and settings) the feature extractor the metrics use.
 
@@ -80,7 +82,9 @@ def get_extractor(
       downloads), else the digits classifier.
 
     Whenever Inception was wanted but cannot be had, one warning line says why
-    and the digits classifier is returned instead of failing.
+    and the digits classifier is returned instead of failing, unless ``fallback``
+    is false: then ``"inception"`` raises (``gradscope eval --extractor inception``
+    must not print digits numbers for Inception ones).
 
     Parameters
     ----------
@@ -93,10 +97,18 @@ def get_extractor(
         Explicit Inception weights file.
     dataset_name : str, optional
         The dataset evaluated, which ``"auto"`` looks at.
+    fallback : bool
+        With ``kind="inception"``: return the digits classifier (with a warning) when Inception cannot be
+        had (true), or raise (false). ``"auto"`` always falls back.
 
     Returns
     -------
     FeatureExtractor
+
+    Raises
+    ------
+    InceptionUnavailable
+        With ``kind="inception"`` and ``fallback=False``, when Inception cannot be had (one-line reason).
 
     Examples
     --------
@@ -116,11 +128,13 @@ def get_extractor(
                 _loaded[key] = InceptionExtractor(inception_weights, device, download=download)
             except InceptionUnavailable as exc:
                 # Remembered so that a periodic evaluation does not retry a failing download every time.
-                _failed.add(key)
-                _warn_once(f"Inception metrics unavailable: {exc}; falling back to the digits classifier "
-                           "(digits-FID/IS/KID, not comparable to Inception numbers)")
+                _failed[key] = str(exc)
         if key in _loaded:
             return _loaded[key]
+        if kind == "inception" and not fallback:
+            raise InceptionUnavailable(_failed[key])
+        _warn_once(f"Inception metrics unavailable: {_failed[key]}; falling back to the digits classifier "
+                   "(digits-FID/IS/KID, not comparable to Inception numbers)")
     source = kind if kind in CLASSIFIER_SOURCES else "digits"
     key = (source, str(device), str(default_cache_dir(cache_dir)), "")
     if key not in _loaded:

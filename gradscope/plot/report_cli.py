@@ -29,8 +29,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figures", default=",".join(FIGURES), help="comma-separated run figures to embed")
 
 
+def check_output_file(out: Path) -> None:
+    """Refuse, before any work, an ``-o`` that is a folder or lies in a folder that does not exist
+    (a mistyped path must not create folders)."""
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"-o {out} is a folder; give the report's file name, such as {out / 'report.html'}")
+    parent = out.parent
+    if not parent.is_dir():
+        if parent.exists():
+            raise ValueError(f"-o {out}: {parent} is a file, not a folder; choose another -o")
+        raise FileNotFoundError(f"-o {out}: the folder {parent} does not exist; create it first or choose "
+                                "another -o")
+
+
 def execute(args: argparse.Namespace) -> int:
     """Write the report; print its path; return 0."""
+    check_output_file(args.out)
     runs, analyses = [], list(args.analyses)
     for path in args.runs:
         if not Path(path).is_dir():

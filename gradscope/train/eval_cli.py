@@ -41,6 +41,9 @@ def evaluate_checkpoint(run_dir: str | Path, step: int | None = None, *, samples
 
     ``inception_weights`` must name an existing file when given; otherwise the
     run's own ``inception_weights`` is used if that file is still there.
+    ``extractor="inception"`` is a demand: when Inception cannot be had this raises
+    a ``ValueError`` naming the run (``"auto"`` falls back to the digits classifier with
+    a warning). A named extractor on a 2D point set (measured by mode coverage) is refused.
 
     Examples
     --------
@@ -48,14 +51,17 @@ def evaluate_checkpoint(run_dir: str | Path, step: int | None = None, *, samples
     """
     import torch
 
-    from gradscope._checks import check_int_at_least
+    from gradscope._checks import check_choice, check_int_at_least
     from gradscope.data import load_dataset
     from gradscope.metrics import evaluate_generator
+    from gradscope.metrics.extractor import EXTRACTORS, get_extractor
+    from gradscope.metrics.inception import InceptionUnavailable
     from gradscope.train.checkpoint import find_checkpoint, load_checkpoint
     from gradscope.train.distributed import resolve_device
     from gradscope.train.networks import build_networks
     from gradscope.train.rundir import config_of_run
 
+    check_choice("--extractor", extractor, EXTRACTORS)
     weights = check_inception_weights(inception_weights)
     config = config_of_run(run_dir)
     if weights is None and config.inception_weights is not None and Path(config.inception_weights).is_file():
@@ -66,12 +72,22 @@ def evaluate_checkpoint(run_dir: str | Path, step: int | None = None, *, samples
     payload = load_checkpoint(find_checkpoint(run_dir, step), map_location="cpu")
     dataset = load_dataset(config.dataset, data_dir=data_dir or config.data_dir,
                            image_size=config.image_size, seed=config.seed)
+    if extractor != "auto" and dataset.kind == "points":
+        raise ValueError(f"{run_dir}: --extractor {extractor} does not apply to {config.dataset}, a 2D point set "
+                         "(its metrics are mode coverage, with no feature extractor); leave --extractor out")
+    if extractor == "inception":  # asked for by name: refused here, before any sample is drawn, if unavailable
+        try:
+            get_extractor("inception", device=target, inception_weights=weights, fallback=False)
+        except InceptionUnavailable as exc:
+            raise ValueError(f"{run_dir}: --extractor inception, but Inception is unavailable: {exc}; "
+                             "--extractor auto gives the digits classifier's numbers instead") from None
     _, generator = build_networks(config, dataset)
     generator.load_state_dict(payload["G_ema"] if payload.get("G_ema") is not None else payload["G"])
     count = samples or config.eval_samples
     with torch.random.fork_rng():
         metrics = evaluate_generator(generator.to(target), dataset, n_samples=count, extractor=extractor,
-                                     device=target, seed=config.seed, inception_weights=weights)
+                                     device=target, seed=config.seed, inception_weights=weights,
+                                     fallback=extractor != "inception")
     return int(payload["step"]), count, {k: float(v) for k, v in metrics.items()}
 
 
