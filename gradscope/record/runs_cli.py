@@ -76,7 +76,8 @@ def convert_run(run: Path, fsync: bool = True, into: Conversion | None = None) -
                         raise ValueError(f"no column {missing[0]!r}")
                     write_chunk(target, frame, table, fsync)
                 except (OSError, ValueError, TypeError) as exc:
-                    warnings.warn(f"left damaged chunk {path} as it is: {str(exc).splitlines()[0]}", stacklevel=2)
+                    reason = str(exc).splitlines()[0].replace(f"chunk {path} is unreadable: ", "")
+                    warnings.warn(f"left damaged chunk {path} as it is: {reason}", stacklevel=2)
                     done.damaged += 1
                     continue
             done.bytes_before += size
