@@ -65,14 +65,18 @@ def open_writer(out: str | os.PathLike[str], start_step: int, overwrite: bool) -
     ``overwrite``, and otherwise refused with a one-line ``ValueError``.
     """
     path = Path(out)
-    writer = RunWriter(path, resume=True)  # opens what is there without judging it
+    writer = RunWriter(path, resume=True)  # opens (and locks) what is there without judging it
     if start_step > 1 and not overwrite:
         writer.truncate_after(start_step - 1)
         return writer
     if writer.holds_run():
-        if not overwrite:
-            raise ValueError(f"{str(path)!r} already holds a gradscope run; pass another out= or overwrite=True")
-        return RunWriter(path, overwrite=True)
+        try:
+            if not overwrite:
+                raise ValueError(f"{str(path)!r} already holds a gradscope run; pass another out= or overwrite=True")
+            replacement = RunWriter(path, overwrite=True)  # shares the lock, so it is never let go in between
+        finally:
+            writer.close()
+        return replacement
     return writer
 
 
@@ -99,15 +103,19 @@ class Session:
                  start_step: int, overwrite: bool, config: Mapping[str, Any], options: Mapping[str, Any]) -> None:
         check_int_at_least("start_step", start_step, 0)
         self.writer = open_writer(out, start_step, overwrite)
-        self.recorder = Recorder(models, out=self.writer, start_step=start_step, **options)
         self.last_step: int | None = start_step - 1 if start_step > 0 else None
         self._gate: ExitStack | None = None
         self._closed = False
-        # The writer is passed in, so the recorder leaves config, provenance and status to its owner.
-        self.writer.write_config({**config, "start_step": start_step, "recorder": self.recorder.settings()})
-        self.writer.write_provenance(device=str(_device_of(self.recorder.models)))
-        self.writer.set_status("running", step=start_step - 1)
-        self.recorder.attach()
+        try:
+            self.recorder = Recorder(models, out=self.writer, start_step=start_step, **options)
+            # The writer is passed in, so the recorder leaves config, provenance and status to its owner.
+            self.writer.write_config({**config, "start_step": start_step, "recorder": self.recorder.settings()})
+            self.writer.write_provenance(device=str(_device_of(self.recorder.models)))
+            self.writer.set_status("running", step=start_step - 1)
+            self.recorder.attach()
+        except BaseException:
+            self.writer.close()  # a session that never started must not keep the directory locked
+            raise
 
     @property
     def closed(self) -> bool:
@@ -136,13 +144,18 @@ class Session:
         if self._closed:
             return
         self._closed = True
-        self.resume()
-        self.recorder.close(state)
-        info = {}
-        if error is not None:
-            text = str(error).strip()
-            info["error"] = text.splitlines()[0] if text else type(error).__name__
-        self.writer.set_status(state, step=self.last_step, **info)
+        try:
+            self.resume()
+            self.recorder.close(state)
+            info = {}
+            if error is not None:
+                text = str(error).strip()
+                info["error"] = text.splitlines()[0] if text else type(error).__name__
+            elif state == "done" and self.recorder.nonfinite is not None:  # as a Recorder(out=...) marks it
+                state, info["reason"] = "diverged", self.recorder.nonfinite
+            self.writer.set_status(state, step=self.last_step, **info)
+        finally:
+            self.writer.close()  # releases the run directory's lock
 
 
 def state_of(exception: BaseException | None) -> str:

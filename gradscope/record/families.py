@@ -28,6 +28,7 @@ from torch import Tensor
 
 from gradscope.linalg import reshape_norms
 from gradscope.record.layouts import CONV
+from gradscope.record.spectral import nonfinite_norm
 
 if TYPE_CHECKING:  # pragma: no cover
     from gradscope.record.buffer import StepBuffer
@@ -225,7 +226,8 @@ def _derive_weights(d: Derivation) -> Derived:
     eff_present, _, eff_var, _ = d.moments("w_eff")
     mult_present, mult = d.direct("multiplier")
     # W_eff = multiplier * W for gradscope's normalizations; observed directly for foreign ones.
-    lecun = np.where(mult_present, fan_in * mult * mult * raw_var, fan_in * eff_var)
+    with np.errstate(invalid="ignore", over="ignore"):  # a diverged weight's NaN / inf is recorded as such
+        lecun = np.where(mult_present, fan_in * mult * mult * raw_var, fan_in * eff_var)
     lecun = np.where(plain, fan_in * raw_var, lecun)
     return {"lecun_ratio_raw": (raw_present, fan_in * raw_var),
             "lecun_ratio": ((raw_present & (mult_present | plain)) | eff_present, lecun)}
@@ -321,10 +323,14 @@ PARAMS = Family(
 @torch.no_grad()
 def _collect_exact(ctx: StepContext) -> None:
     for op in _operators(ctx):
-        if op.kind == CONV:
-            fwd, bwd = reshape_norms(op.raw.detach(), transposed=op.layer.transposed)
+        weight = op.raw.detach() if op.kind == CONV else op.raw_matrix()
+        bad = nonfinite_norm(weight)  # a diverged weight has a NaN / inf norm; its SVD would raise instead
+        if bad is not None:
+            fwd = bwd = bad
+        elif op.kind == CONV:
+            fwd, bwd = reshape_norms(weight, transposed=op.layer.transposed)
         else:
-            fwd, bwd = reshape_norms(op.raw_matrix())
+            fwd, bwd = reshape_norms(weight)
         if "sigma_raw_fwd" in ctx.want:
             ctx.buffer.add(op.uid, "sigma_raw_fwd", fwd)
         if "sigma_raw_bwd" in ctx.want:

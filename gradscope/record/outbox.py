@@ -53,6 +53,25 @@ def scalar_batches(step: int, values: Mapping[str, float | Tensor]) -> list[Scal
     return batches
 
 
+def first_nonfinite_parameter(step: int, columns: Mapping[str, np.ndarray]) -> str | None:
+    """``"non-finite parameter NET/NAME at step S"`` for the first parameter row of ``columns`` (one recorded
+    step) whose norm is NaN / infinite or whose ``param_nonfinite`` flag is set, else ``None``.
+
+    Examples
+    --------
+    >>> cols = {"stat": np.array(["param_norm"] * 2, dtype=object), "value": np.array([1.0, np.nan]),
+    ...         "net": np.array(["D", "D"], dtype=object), "layer": np.array(["0.weight", "0.bias"], dtype=object)}
+    >>> first_nonfinite_parameter(3, cols)
+    'non-finite parameter D/0.bias at step 3'
+    """
+    stat, value = columns["stat"], columns["value"]
+    bad = ((stat == "param_norm") & ~np.isfinite(value)) | ((stat == "param_nonfinite") & (value > 0))
+    if not bad.any():
+        return None
+    i = int(np.flatnonzero(bad)[0])
+    return f"non-finite parameter {columns['net'][i]}/{columns['layer'][i]} at step {step}"
+
+
 class Outbox:
     """Pending layer statistics and scalars of a recorder, and where they go once on the host.
 
@@ -82,6 +101,8 @@ class Outbox:
         self._board: TensorBoardSink | None = None
         self._memory: dict[str, list[pd.DataFrame]] = {"layers": [], "scalars": []}
         self._memory_alerts: list[dict[str, Any]] = []
+        #: The first non-finite parameter seen on the host (see :func:`first_nonfinite_parameter`).
+        self.nonfinite: str | None = None
 
     def add_step(self, record: PackedStep) -> None:
         """Queue one recorded (step, phase)."""
@@ -109,6 +130,8 @@ class Outbox:
             slots = np.concatenate([s for _, s in parts])
             columns = step_rows(record, values, slots, self.layers, self.targets, self.stats, self._attributes)
             alerts += self.monitor.check_layers(record.step, record.phase, columns)
+            if self.nonfinite is None:
+                self.nonfinite = first_nonfinite_parameter(record.step, columns)
             layer_frames.append(pd.DataFrame(columns))
             if self.tensorboard:
                 self.board().write_layers(columns)

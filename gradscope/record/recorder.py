@@ -19,6 +19,7 @@ from gradscope.record.outbox import Outbox, scalar_batches
 from gradscope.record.probes import hessian_norms, input_gradient_norms
 from gradscope.record.reader import Run
 from gradscope.record.schedule import RecordEvery, Schedule
+from gradscope.record.spectral import nonfinite_norm
 from gradscope.record.stats import SLOPE_SCALARS, resolve_stats
 from gradscope.record.storage import RunWriter
 from gradscope.record.tensorboard import INSTALL_HINT, tensorboard_available
@@ -158,15 +159,26 @@ class Recorder:
         self._attached = False
 
     def close(self, state: str = "done") -> None:
-        """Flush, remove the hooks and, if the recorder created the run directory, mark it ``state``."""
+        """Flush, remove the hooks and, if the recorder created the run directory, mark it ``state``.
+
+        A recorder that opened its own run directory also releases its lock, and marks a run ``"done"``
+        as ``"diverged"`` (with the reason) if a parameter held non-finite values (:attr:`nonfinite`).
+        """
         if self._closed:
             return
-        self.flush()
-        self.detach()
-        self.outbox.close()
-        if self._owns_writer:
-            self.writer.set_status(state, step=self.schedule.last_step)
         self._closed = True
+        try:
+            self.flush()
+            if self._owns_writer:
+                info = {}
+                if state == "done" and self.outbox.nonfinite is not None:
+                    state, info = "diverged", {"reason": self.outbox.nonfinite}
+                self.writer.set_status(state, step=self.schedule.last_step, **info)
+        finally:  # a failed flush (a full disk) still removes the hooks and releases the directory
+            self.detach()
+            self.outbox.close()
+            if self._owns_writer:
+                self.writer.close()
 
     def __enter__(self) -> "Recorder":
         return self.attach()
@@ -187,6 +199,12 @@ class Recorder:
     def collecting_slopes(self) -> bool:
         """Whether :meth:`record_input_gradients` will compute in the coming step (inputs need grad only then)."""
         return self.schedule.slopes_armed
+
+    @property
+    def nonfinite(self) -> str | None:
+        """The first recorded non-finite parameter, e.g. ``"non-finite parameter D/0.weight at step 3"``
+        (synced steps only), or ``None``."""
+        return self.outbox.nonfinite
 
     @property
     def latest_alert(self) -> str | None:
@@ -260,9 +278,18 @@ class Recorder:
             if x is None or not chosen:
                 continue
             ops = [op for layer in self.layers[net] for op in layer.operators if op.whole and op.raw.requires_grad]
-            with self.paused():
-                values = hessian_norms(self.models[net], x, [op.raw for op in ops],
-                                       self.hessian_iterations, self.hessian_tol)
+            # A NaN input or weight makes the curvature NaN, and Lanczos' eigh raises on it instead: the
+            # step keeps its rows, with NaN here (the Hessian schedule may read flags on the host).
+            values = None
+            if nonfinite_norm(x.detach()) is None and all(nonfinite_norm(op.raw.detach()) is None for op in ops):
+                try:
+                    with self.paused():
+                        values = hessian_norms(self.models[net], x, [op.raw for op in ops],
+                                               self.hessian_iterations, self.hessian_tol)
+                except torch.linalg.LinAlgError:  # non-finite values inside the net
+                    values = None
+            if values is None:
+                values = [torch.full((), float("nan"), dtype=op.raw.dtype, device=op.raw.device) for op in ops]
             out.update({op.uid: value for op, value in zip(ops, values)})
         return out
 

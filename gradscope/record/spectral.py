@@ -33,6 +33,19 @@ def _unit(x: Tensor) -> Tensor:
     return x / torch.linalg.vector_norm(x).clamp_min(_EPS)
 
 
+def nonfinite_norm(weight: Tensor) -> Tensor | None:
+    """``nan`` (any NaN entry) or ``inf`` (an infinite one) as a 0-d tensor if ``weight`` is not finite, else ``None``.
+
+    The norm of such a matrix is exactly that, and the SVD that would compute it raises
+    (``linalg.svd: The algorithm failed to converge``) instead. Reads one flag on the host: for the exact
+    schedule only, which synchronizes anyway.
+    """
+    if bool(torch.isfinite(weight).all()):
+        return None
+    value = float("nan") if bool(torch.isnan(weight).any()) else float("inf")
+    return torch.full((), value, dtype=weight.dtype, device=weight.device)
+
+
 class WarmSpectral:
     """The power-iteration state of one operator: ``v`` for its matrix, ``v_op`` for the layer operator."""
 
@@ -65,6 +78,10 @@ class WarmSpectral:
         if weight is None:
             return None
         weight = weight.detach()
+        if converged:  # the SVDs below raise on NaN / inf: record the (exact) non-finite norm instead
+            bad = nonfinite_norm(weight)
+            if bad is not None:
+                return bad
         if op.kind != CONV:
             matrix = op.matrix(weight)
             if converged:

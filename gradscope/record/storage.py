@@ -10,6 +10,7 @@ Layout::
       layers/000001.parquet  chunks of the long table (step, phase, net, layer, layer_index, stat, value)
       scalars/000001.parquet chunks of (step, name, value)
       alerts.jsonl       one JSON object per alert
+      .lock              held by the process writing the run (:mod:`gradscope.record.lock`), removed on close
 
 Chunks are Parquet files, one per flush (:mod:`gradscope.record.chunks`; runs
 written before Parquet hold ``NNNNNN.csv`` chunks, which still load and which
@@ -28,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ from gradscope.record.chunks import (
     step_range,
     write_chunk,
 )
+from gradscope.record.lock import DirectoryLock
 
 STATES: tuple[str, ...] = ("running", "done", "diverged", "failed", "interrupted")
 TABLES: tuple[str, ...] = ("layers", "scalars")
@@ -137,6 +140,10 @@ class RunWriter:
     ValueError
         If ``path`` cannot be created or written, or already holds a run and
         neither ``resume`` nor ``overwrite`` is set.
+    DirectoryBusy
+        (a ``ValueError``) If another process writes ``path``: the writer holds the directory's
+        lock from construction to :meth:`close` (or its garbage collection, or process exit);
+        writers of one process share it.
 
     Examples
     --------
@@ -144,6 +151,7 @@ class RunWriter:
     >>> w = RunWriter(tempfile.mkdtemp())
     >>> w.write_config({"norm": "sn"}); w.set_status("running", step=0)
     >>> w.append_scalars(pd.DataFrame({"step": [0], "name": ["loss_d"], "value": [1.5]})); w.flush()
+    >>> w.close()
     """
 
     def __init__(self, path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
@@ -152,27 +160,74 @@ class RunWriter:
         self.fsync = fsync
         if resume and overwrite:
             raise ValueError("choose one of resume and overwrite, not both")
+        # Locked before anything is read or removed: a second process must not overwrite, resume or
+        # interleave chunks with a live writer. Shared with this process's other holders (the trainer).
+        self._lock = DirectoryLock(self.path, "run directory")
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
             probe = self.path / f".write-probe-{os.getpid()}"
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
+            self._lock.release()
             raise ValueError(f"run directory {str(self.path)!r} is not writable: {exc.strerror or exc}") from None
-        if self.holds_run() and not resume:
-            if not overwrite:
-                raise ValueError(f"{str(self.path)!r} already holds a gradscope run; "
-                                 "resume it, choose a new directory or overwrite it")
-            self._remove_run_files()
-        for table in TABLES:
-            folder = self.path / table
-            folder.mkdir(exist_ok=True)
-            for leftover in [*covered_chunks(folder), *folder.glob(".*.tmp")]:  # from a writer killed mid-way
-                leftover.unlink(missing_ok=True)
+        # Released when the writer is closed or garbage-collected, at the latest when the process exits.
+        self._release = weakref.finalize(self, self._lock.release)
+        try:
+            if self.holds_run() and not resume:
+                if not overwrite:
+                    raise ValueError(f"{str(self.path)!r} already holds a gradscope run; "
+                                     "resume it, choose a new directory or overwrite it")
+                self._remove_run_files()
+            for table in TABLES:
+                folder = self.path / table
+                folder.mkdir(exist_ok=True)
+                for leftover in covered_chunks(folder):  # from a writer killed mid-way
+                    leftover.unlink(missing_ok=True)
+            self.remove_temporaries()
+        except BaseException:
+            self.close()
+            raise
         self._next_chunk = {t: 1 + max((chunk_span(p)[1] for p in chunk_files(self.path / t)), default=0)
                             for t in TABLES}
         self._pending: dict[str, list[pd.DataFrame]] = {t: [] for t in TABLES}
         self._pending_alerts: list[dict[str, Any]] = []
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran (the directory's lock is released)."""
+        return not self._release.alive
+
+    def close(self) -> None:
+        """Release the run directory's lock and remove temporary files a failed write left (idempotent).
+
+        Queued rows are not written (call :meth:`flush` first); the files stay readable.
+        """
+        if self.closed:  # the directory may be another process's by now: touch nothing
+            return
+        try:
+            self.remove_temporaries()
+        except OSError:  # e.g. a file system turned read-only: the lock must go all the same
+            pass
+        self._release()
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def remove_temporaries(self) -> list[Path]:
+        """Delete the hidden ``.*.tmp`` files of interrupted atomic writes (they fill a full disk further).
+
+        Safe while this writer holds the directory's lock: no other process writes these files. Only the
+        writer's own files are looked at (a report written into the run keeps its temporary file).
+        """
+        found = [p for name in RUN_FILES for p in self.path.glob(f".{name}.*.tmp")]
+        found += [p for table in TABLES for p in (self.path / table).glob(".*.tmp")]
+        for leftover in found:
+            leftover.unlink(missing_ok=True)
+        return found
 
     def holds_run(self) -> bool:
         """Whether the directory already contains a gradscope run."""

@@ -5,6 +5,7 @@ import statistics
 from pathlib import Path
 
 from gradscope._checks import check_choice, check_int_at_least
+from gradscope.record.lock import DirectoryLock
 from gradscope.record.storage import read_json
 from gradscope.sweep.cost import ASSUMED_TFLOPS, gpu_hours, sweep_flops
 from gradscope.sweep.executors import (
@@ -115,13 +116,23 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, executor: str = "local", max_
     if max_parallel is not None:
         check_int_at_least("--max-parallel", max_parallel, 1)
     out = Path(out)
-    manifest = open_manifest(spec, out)
-    if dry_run:
+    if dry_run:  # reads the manifest only (replaced atomically by a live driver): no lock needed
+        manifest = open_manifest(spec, out)
         for point in spec.points:
             entry = manifest.runs[point.run_id]
             echo(f"  {entry.status:<9} {point.run_id}")
         echo(estimate(spec, manifest))
         return manifest
+    # One driver per sweep directory: a second one would launch the same runs and overwrite the manifest
+    # with its own view of them. The lock goes with this process, however it ends.
+    with DirectoryLock(out, "sweep directory", "wait for its driver to finish or choose another --out"):
+        return _drive(spec, out, executor, max_parallel, address, echo)
+
+
+def _drive(spec: SweepSpec, out: Path, executor: str, max_parallel: int | None, address: str | None,
+           echo) -> Manifest:
+    """:func:`run_sweep` once ``out`` is locked."""
+    manifest = open_manifest(spec, out)
     manifest.save(out)
     points = {p.run_id: p for p in spec.points}
 

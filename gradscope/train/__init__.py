@@ -23,7 +23,8 @@ os.environ.setdefault("MKL_CBWR", "AUTO")
 
 from gradscope.train.api import EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL_BASE, EXIT_USAGE, RunResult, resume, train
 from gradscope.train.config import LOSSES, RunConfig, load_config_file, resolve_config
+from gradscope.train.disk import EXIT_STORAGE, StorageError
 from gradscope.train.presets import PRESETS, preset_values
 
-__all__ = ["EXIT_DIVERGED", "EXIT_OK", "EXIT_SIGNAL_BASE", "EXIT_USAGE", "LOSSES", "PRESETS", "RunConfig",
-           "RunResult", "load_config_file", "preset_values", "resolve_config", "resume", "train"]
+__all__ = ["EXIT_DIVERGED", "EXIT_OK", "EXIT_SIGNAL_BASE", "EXIT_STORAGE", "EXIT_USAGE", "LOSSES", "PRESETS",
+           "RunConfig", "RunResult", "StorageError", "load_config_file", "preset_values", "resolve_config", "resume", "train"]

@@ -5,11 +5,21 @@ Exit codes (also :attr:`RunResult.exit_code`; ``gradscope run`` exits with them)
 ===  ==============================================================================
 0    done: all iterations trained (or nothing was left to train)
 2    usage error: bad choice, missing or corrupt data, ``--out`` holds something else
-3    diverged: a loss or D output became NaN or infinite; the run's status says at
-     which step, recorded data and the last good checkpoint are kept
+3    diverged: a loss or D output became NaN or infinite, or the weights did before a
+     checkpoint; the run's status says at which step, recorded data and the checkpoints
+     written before it (all with finite weights) are kept
+4    storage: the run directory could not be written (disk full, quota, read-only file
+     system); one line names it, the status says ``failed`` with the reason (unless the
+     file system refuses even that), temporary files are removed; ``--resume`` continues
+     from the newest checkpoint once there is room
 130  interrupted by Ctrl-C (SIGINT) after writing a checkpoint; ``--resume`` continues
 143  interrupted by SIGTERM after writing a checkpoint; ``--resume`` continues
 ===  ==============================================================================
+
+Any other error ends the run with status ``failed`` and its first line as the
+reason (exit 1 with a traceback: a bug to report). ``--out`` is locked for the
+life of the process (:mod:`gradscope.record.lock`): a second ``gradscope run``
+on the same directory, ``--resume`` included, exits with 2 naming the holder.
 """
 from __future__ import annotations
 
@@ -29,11 +39,12 @@ from torch import nn
 from gradscope.train.checkpoint import FINAL_FILE, CheckpointError, list_checkpoints, remove_temporary_files, \
     select_checkpoint, set_aside
 from gradscope.train.config import RunConfig, check_inception_weights, default_run_dir
+from gradscope.train.disk import record_failure, storage_fault
 from gradscope.train.distributed import DistContext, configure_threads, init_distributed, is_small_problem, \
     resolve_device
 from gradscope.train.loop import LoopOutcome, Trainer
 from gradscope.train.progress import Progress
-from gradscope.train.rundir import disk_usage, prepare_new_run, resume_config, stored_config
+from gradscope.train.rundir import disk_usage, lock_run_dir, prepare_new_run, resume_config, stored_config
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -189,12 +200,14 @@ def _execute(config: RunConfig, *, resuming: bool, overwrite: bool) -> RunResult
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     check_accelerator_options(config, device)
     context = init_distributed(device.type)
+    lock = None
     try:
         small = is_small_problem(config.dataset, config.image_size, config.width)
         recorded = (stored_config(config.out) or {}).get("cpu_threads") if resuming else None
         threads = configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), small=small, recorded=recorded)
         run_dir = _agreed_run_dir(config, context)
         config = config.replace(out=str(run_dir))
+        lock = lock_run_dir(run_dir, context)  # before --out is judged, cleared or resumed from
         payload = source = None
         rejected: list[tuple[Path, str]] = []
         if resuming and not list_checkpoints(run_dir):
@@ -216,6 +229,8 @@ def _execute(config: RunConfig, *, resuming: bool, overwrite: bool) -> RunResult
         outcome, trainer = _train(config, dataset, device, context, run_dir, payload, resuming, overwrite, threads,
                                   source)
     finally:
+        if lock is not None:
+            lock.release()
         context.close()
     code = {"done": EXIT_OK, "diverged": EXIT_DIVERGED}.get(outcome.state, EXIT_SIGNAL_BASE + (outcome.signal or 2))
     return RunResult(run_dir, outcome.state, outcome.step, outcome.metrics, code, outcome.reason,
@@ -252,11 +267,10 @@ def _train(config: RunConfig, dataset, device: torch.device, context: DistContex
 
     start = int(payload["step"]) if payload is not None else 0
     progress = Progress(config.iterations, start, enabled=context.is_main and not config.quiet)
-    writer = recorder = None
-    if context.is_main:
-        writer = RunWriter(run_dir, resume=resuming, overwrite=overwrite and not resuming)
-    trainer = None
+    writer = recorder = trainer = None
     try:
+        if context.is_main:
+            writer = RunWriter(run_dir, resume=resuming, overwrite=overwrite and not resuming)
         trainer = Trainer(config, dataset, device=device, context=context, run_dir=run_dir, writer=writer,
                           progress=progress)
         if context.is_main and config.record:
@@ -279,26 +293,44 @@ def _train(config: RunConfig, dataset, device: torch.device, context: DistContex
             writer.set_status("running", step=trainer.step)
         with StopRequest() as stop:
             outcome = trainer.run(stop)
+        if writer is not None:  # inside the try: a full disk while finishing is a fault like any other
+            if recorder is not None:
+                recorder.close(outcome.state)
+            trainer.log.flush()
+            if outcome.state == "done" and config.export_final:
+                trainer.export_final()  # before "done": a done run that asked for final.pt has it
+            info = {"reason": outcome.reason} if outcome.reason else {}
+            if outcome.state == "diverged":
+                info["checkpoint"] = _newest_checkpoint(run_dir)
+            writer.set_status(outcome.state, step=outcome.step, **info)
     except BaseException as exc:
+        step = trainer.step if trainer is not None else start
+        fault = storage_fault(exc, run_dir, step)
+        recorded = False
         if writer is not None:
             state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            if recorder is not None:
-                recorder.close(state)
-            writer.set_status(state, step=trainer.step if trainer is not None else start,
-                              error=str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            text = str(fault) if fault is not None else str(exc).strip()
+            recorded = record_failure(writer, recorder, run_dir, state, step,
+                                      text.splitlines()[0] if text else type(exc).__name__)
         progress.close()
+        if fault is not None:
+            fault.args = (f"{fault}; " + (f"status.json says failed; once there is room, continue with "
+                                          f"gradscope run --resume {run_dir}" if recorded else
+                                          "status.json could not be updated either (it may still say running)"),)
+            raise fault from exc
         raise
+    finally:
+        if writer is not None:
+            writer.close()  # releases the run directory (the trainer's own lock goes in _execute)
     progress.close()
-    if writer is not None:
-        if recorder is not None:
-            recorder.close(outcome.state)
-        trainer.log.flush()
-        if outcome.state == "done" and config.export_final:
-            trainer.export_final()  # before "done": a done run that asked for final.pt has it
-        info = {"reason": outcome.reason} if outcome.reason else {}
-        writer.set_status(outcome.state, step=outcome.step, **info)
     _report(outcome, run_dir, progress, config)
     return outcome, trainer
+
+
+def _newest_checkpoint(run_dir: Path) -> str | None:
+    """The run-relative name of the newest checkpoint, ``None`` if there is none."""
+    found = list_checkpoints(run_dir)
+    return str(found[-1][1].relative_to(run_dir)) if found else None
 
 
 def _metric_hint(name: str) -> str:
@@ -344,8 +376,10 @@ def _report(outcome: LoopOutcome, run_dir: Path, progress: Progress, config: Run
             for line in summary_lines(outcome, run_dir, config):
                 progress.write(line)
     elif outcome.state == "diverged":
-        print(f"gradscope run: diverged: {outcome.reason}; recorded data and the last good checkpoint are "
-              f"kept in {run_dir}", file=sys.stderr, flush=True)
+        newest = list_checkpoints(run_dir)
+        kept = (f"recorded data and the newest checkpoint (step {newest[-1][0]}, {newest[-1][1].name}) are kept"
+                if newest else "recorded data is kept (no checkpoint was written before it)")
+        print(f"gradscope run: diverged: {outcome.reason}; {kept} in {run_dir}", file=sys.stderr, flush=True)
     else:
         print(f"gradscope run: interrupted at step {outcome.step} (checkpoint written); continue with: "
               f"gradscope run --resume {run_dir}", file=sys.stderr, flush=True)

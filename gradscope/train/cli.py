@@ -2,9 +2,11 @@
 
 Every flag is a field of :class:`gradscope.train.RunConfig` and a key of the
 ``--config`` TOML file; precedence, lowest first: defaults, ``--preset``, the
-file, the flags. Exit codes: 0 done, 2 usage error, 3 diverged, 130 / 143
-interrupted by SIGINT / SIGTERM (a checkpoint was written; ``--resume DIR``
-continues exactly).
+file, the flags. Exit codes: 0 done, 2 usage error (also: --out is in use by
+another gradscope process), 3 diverged, 4 the run directory could not be
+written (disk full, quota, read-only; status failed), 130 / 143 interrupted by
+SIGINT / SIGTERM (a checkpoint was written; ``--resume DIR`` continues
+exactly).
 """
 from __future__ import annotations
 
@@ -15,6 +17,14 @@ from typing import Any
 
 from gradscope.train.config import AMP_MODES, DEVICES, FIELD_NAMES, LOSSES, OPTIMIZERS, RUNTIME_FIELDS, RunConfig, \
     resolve_config
+
+
+#: The exit codes, at the end of ``gradscope run --help`` (:mod:`gradscope.train.api` has the details).
+EPILOG = ("exit codes: 0 done; 1 crashed (a bug: status failed); 2 usage error, or --out is in use by another "
+          "gradscope process (named by pid); 3 diverged (non-finite losses or weights; status diverged); "
+          "4 the run directory could not be written: disk full, quota or read-only (status failed with the "
+          "reason, temporary files removed); 130 / 143 interrupted by SIGINT / SIGTERM after a checkpoint "
+          "(--resume continues)")
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
@@ -50,6 +60,7 @@ def _shown_default(value: Any) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``gradscope run`` flags (one per :class:`RunConfig` field, plus --config/--resume/--overwrite)."""
+    parser.epilog = EPILOG
     choices = _choices()
     for f in dataclasses.fields(RunConfig):
         help_text = f.metadata["help"]
@@ -103,6 +114,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def execute(args: argparse.Namespace) -> int:
     """Run (or resume) the training; return the exit code."""
     from gradscope.train.api import EXIT_SIGNAL_BASE, resume, train
+    from gradscope.train.disk import StorageError
 
     values = given_values(args)
     try:
@@ -113,6 +125,9 @@ def execute(args: argparse.Namespace) -> int:
             result = resume(args.resume, **values)
         else:
             result = train(config_from_args(args), overwrite=overwrite)
+    except StorageError as exc:  # one line, not a traceback: nothing to debug, the disk needs room
+        print(f"gradscope run: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
     except KeyboardInterrupt:
         where = getattr(args, "resume", None) or values.get("out")
         hint = f"; gradscope run --resume {where} continues it (from step 0 if it has no checkpoint)" if where else ""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,9 @@ import torch
 from torch import Tensor
 
 from gradscope.norms import advance_power_iteration
-from gradscope.train.checkpoint import CHECKPOINT_FORMAT, config_digest, save_checkpoint, save_final
+from gradscope.train.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, config_digest, save_checkpoint, save_final
 from gradscope.train.config import RunConfig
+from gradscope.train.disk import fault_errno
 from gradscope.train.distributed import DistContext, wrap
 from gradscope.train.evaluation import Evaluator
 from gradscope.train.losses import GP_WEIGHT, discriminator_loss, generator_loss, gradient_penalty, interpolate
@@ -240,10 +242,19 @@ class Trainer:
             bad_step, bad_name, self.latest = self._check(pending)
             pending = []
             signum = stop_requested()
-            stop, diverged = self.context.any(signum is not None, bad_step is not None)
+            # The losses of step k see the weights before update k: a checkpoint of step k could hold NaN
+            # weights from update k behind finite losses. Checked only when one will be written (one sync).
+            saving = bad_step is None and (signum is not None or self._due(cfg.checkpoint_every, step))
+            bad_weights = self.nonfinite_weights() if saving else None
+            stop, diverged = self.context.any(signum is not None, bad_step is not None or bad_weights is not None)
             if diverged:
                 where = bad_step if bad_step is not None else step
-                reason = f"non-finite {bad_name} at step {where}" if bad_name else "non-finite values on another rank"
+                if bad_name:
+                    reason = f"non-finite {bad_name} at step {where}"
+                elif bad_weights:
+                    reason = f"non-finite weights in {bad_weights} at step {where}"
+                else:
+                    reason = "non-finite values on another rank"
                 return LoopOutcome("diverged", where, self.metrics, reason=reason)
             self.progress.update(step, self.latest, self.recorder.latest_alert if self.recorder is not None else None)
             self._events(step)
@@ -252,6 +263,13 @@ class Trainer:
                     self.save_checkpoint()
                 return LoopOutcome("interrupted", step, self.metrics, signal=signum)
         return LoopOutcome("done", self.step, self.metrics)
+
+    def nonfinite_weights(self) -> str | None:
+        """``"D"`` / ``"G"`` (the first net holding a NaN or infinite parameter), or ``None``; one host sync."""
+        nets = {"D": self.D, "G": self.G}
+        flags = torch.stack([torch.stack([torch.isfinite(p).all() for p in net.parameters()]).all()
+                             for net in nets.values()]).tolist()
+        return next((name for name, finite in zip(nets, flags) if not finite), None)
 
     # --- checkpoints --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -292,7 +310,13 @@ class Trainer:
         """Write the checkpoint of the current step (rank 0) and mark the run's progress in its status."""
         path = None
         if self.context.is_main:
-            path = save_checkpoint(self.run_dir, self.step, self.state_dict(), keep=self.config.keep_checkpoints)
+            try:
+                path = save_checkpoint(self.run_dir, self.step, self.state_dict(), keep=self.config.keep_checkpoints)
+            except RuntimeError as exc:  # torch.save reports a full disk as a RuntimeError without the file
+                code = fault_errno(exc)
+                if code is None:
+                    raise
+                raise OSError(code, os.strerror(code), str(checkpoint_path(self.run_dir, self.step))) from exc
             if self.writer is not None:
                 self.writer.set_status("running", step=self.step, checkpoint=path.name)
         self.context.barrier()

@@ -10,11 +10,15 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from gradscope.record.lock import LOCK_FILE, DirectoryLock
 from gradscope.train.checkpoint import CHECKPOINT_DIR, FINAL_FILE, list_checkpoints
 from gradscope.train.config import RUNTIME_FIELDS, RunConfig
 from gradscope.train.evaluation import SAMPLES_DIR
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gradscope.train.distributed import DistContext
 
 CONFIG_FILE = "config.json"
 #: Where ``gradscope eval`` stores its numbers inside a run.
@@ -73,7 +77,7 @@ def prepare_new_run(run_dir: str | os.PathLike[str], config: RunConfig, *, overw
     path = Path(run_dir)
     if path.exists() and not path.is_dir():
         raise ValueError(f"--out {path} exists and is not a directory; choose another --out")
-    if not path.exists() or not any(path.iterdir()):
+    if not path.exists() or not any(p.name != LOCK_FILE for p in path.iterdir()):  # our own lock is no content
         return
     if overwrite:
         if clear and _is_gradscope_run(path):
@@ -93,6 +97,32 @@ def prepare_new_run(run_dir: str | os.PathLike[str], config: RunConfig, *, overw
                          f"--resume {path} starts it again from step 0 (as does --overwrite)")
     raise ValueError(f"--out {path} already holds this run; continue it with --resume {path} or add --overwrite "
                      "to start it again")
+
+
+def lock_run_dir(run_dir: Path, context: DistContext) -> DirectoryLock | None:
+    """Rank 0 locks ``run_dir`` for this process's life (release it when done); every rank raises if it could not.
+
+    Raises
+    ------
+    ValueError
+        ``run_dir`` is a file, cannot be created, or another process holds it
+        (:class:`~gradscope.record.lock.DirectoryBusy`, naming the holder's pid).
+    """
+    lock, problem = None, None
+    if context.is_main:
+        if run_dir.exists() and not run_dir.is_dir():
+            problem = ValueError(f"--out {run_dir} exists and is not a directory; choose another --out")
+        else:
+            try:
+                lock = DirectoryLock(run_dir, "run directory", "wait for it or choose another --out").acquire()
+            except ValueError as exc:
+                problem = exc
+            except OSError as exc:
+                problem = ValueError(f"--out {run_dir} is not writable: {exc.strerror or exc}")
+    (failed,) = context.any(problem is not None)
+    if failed:
+        raise problem or ValueError(f"rank 0 could not lock the run directory {run_dir}")
+    return lock
 
 
 def resume_config(run_dir: str | os.PathLike[str], changes: dict[str, Any]) -> RunConfig:
