@@ -222,8 +222,9 @@ def test_the_end_of_a_run_prints_metrics_size_and_next_commands(tmp_path, capsys
     assert "kl_uniform" in out and "(lower is better)" in out
     assert "on disk: " in out and "checkpoints " in out and "(1 file, --keep-checkpoints 2)" in out
     assert "final.pt" in out
-    for command in (f"gradscope plot {run} -o {run / 'plots'}", f"gradscope report {run} -o {run / 'report.html'}",
-                    f"gradscope eval {run}", f"gradscope run --resume {run} --iterations 4"):
+    for command in (f"gradscope plot {run}  ", f"figures into {run / 'plots'}",
+                    f"gradscope report {run} -o {run / 'report.html'}", f"gradscope eval {run}",
+                    f"gradscope run --resume {run} --iterations 4"):
         assert command in out, command
     assert cli.main(["run", "--resume", str(run), "--iterations", "3", "--quiet"]) == 0
     assert capsys.readouterr().out == ""

@@ -131,9 +131,12 @@ def test_a_damaged_csv_chunk_is_named_when_read_and_when_resumed(whole, tmp_path
     with pytest.warns(UserWarning, match=re.escape(f"skipping unreadable chunk {chunk}")):
         scalars = load_run(run).scalars
     assert len(scalars) == len(load_run(whole).scalars) - len(rows)  # the rest loads
-    assert cli.main(["run", "--resume", str(run), "--iterations", str(ITERATIONS + 2), "--quiet"]) == 2
-    _one_line_error(capsys, "run", f"chunk {chunk} is unreadable")
-    assert chunk.exists() and [s for s, _ in list_checkpoints(run)][-1] == ITERATIONS
+    # Resuming sets the damaged chunk aside (its bytes kept, named in a warning) and continues.
+    with pytest.warns(UserWarning, match=re.escape(f"set damaged chunk {chunk} aside as {chunk.name}.damaged")):
+        assert cli.main(["run", "--resume", str(run), "--iterations", str(ITERATIONS + 2), "--quiet"]) == 0
+    assert not chunk.exists() and chunk.with_name(chunk.name + ".damaged").exists()
+    assert [s for s, _ in list_checkpoints(run)][-1] == ITERATIONS + 2
+    assert load_run(run).status["state"] == "done"
 
 
 def test_report_into_a_missing_folder_is_refused_without_creating_it(whole, tmp_path, capsys):

@@ -99,6 +99,12 @@ def test_parquet_round_trip_equals_the_rows_written_and_the_csv_format(tmp_path,
     # NaN recorded stays a row with NaN; a statistic not recorded has no row at all
     assert new.layers["value"].isna().sum() == pd.concat(flushes)["value"].isna().sum()
     assert len(list((tmp_path / "parquet" / "layers").glob("*.parquet"))) == len(flushes)
+    # one row group per (phase, net): reading D's statistics skips G's pages
+    import pyarrow.parquet as pq
+    meta = pq.read_metadata(tmp_path / "parquet" / "layers" / "000001.parquet")
+    groups = {(meta.row_group(i).column(1).statistics.min, meta.row_group(i).column(2).statistics.max)
+              for i in range(meta.num_row_groups)}
+    assert meta.schema.names[1:3] == ["phase", "net"] and groups == {("d", "D"), ("g", "D"), ("g", "G")}
 
 
 def test_filters_equal_filtering_the_whole_table_afterwards(tmp_path) -> None:

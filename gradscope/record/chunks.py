@@ -28,7 +28,16 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from gradscope.record.gather import ColumnGatherer
-from gradscope.record.wide import KEYS, add_wide_batch, stat_column, stats_of, to_wide
+from gradscope.record.wide import (
+    KEYS,
+    add_wide_batch,
+    in_table_order,
+    is_wide,
+    row_groups,
+    stat_column,
+    stats_of,
+    to_wide,
+)
 
 #: ``000007.parquet`` is the 7th flush; ``000001-000064.parquet`` a segment merging flushes 1 to 64.
 CHUNK_PATTERN = re.compile(r"^(\d{6,})(?:-(\d{6,}))?\.(csv|parquet)$")
@@ -129,10 +138,15 @@ def write_arrow(path: Path, arrow: pa.Table, fsync: bool = True) -> None:
     # Floats split into byte streams compress better (the exponent bytes repeat): measured 7 % smaller.
     floats = [n for n in arrow.schema.names if pa.types.is_floating(arrow.schema.field(n).type)]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    groups = row_groups(arrow) if is_wide(arrow.schema) else [arrow]
     with open(tmp, "wb") as handle:
-        # Statistics of every column: step ranges answer truncation, null counts size the reader's arrays.
-        pq.write_table(arrow, handle, compression=COMPRESSION, use_dictionary=names, use_byte_stream_split=floats,
-                       write_page_checksum=True, write_statistics=True, row_group_size=1 << 20)
+        # Statistics of every column: step ranges answer truncation, null counts size the reader's arrays,
+        # (phase, net) ranges let a reader skip other nets' row groups.
+        with pq.ParquetWriter(handle, arrow.schema, compression=COMPRESSION, use_dictionary=names,
+                              use_byte_stream_split=floats, write_page_checksum=True,
+                              write_statistics=True) as writer:
+            for group in groups:
+                writer.write_table(group, row_group_size=1 << 22)
         handle.flush()
         if fsync:
             os.fsync(handle.fileno())
@@ -350,6 +364,39 @@ class _Scan:
     def dataset(self, paths: list[Path]) -> ds.Dataset:
         return ds.dataset([str(p) for p in paths], schema=self.schema, format=_parquet_format())
 
+    def read_file(self, path: Path) -> pa.Table:
+        """One wide chunk: only the row groups and columns asked for, filtered, in the table's order."""
+        handle = pq.ParquetFile(path, read_dictionary=["phase", "net", "layer"], page_checksum_verification=True)
+        meta = handle.metadata
+        groups = [i for i in range(meta.num_row_groups) if _group_may_match(meta, i, self.where)]
+        names = handle.schema_arrow.names
+        rows = handle.read_row_groups(groups, columns=[c for c in self.read if c in names])
+        if self.expression is not None:
+            rows = rows.filter(self.expression)
+        return in_table_order(rows)
+
+
+def _group_may_match(meta: pq.FileMetaData, index: int, where: RowFilter) -> bool:
+    """Whether row group ``index`` may hold rows of ``where``'s nets, phases and steps (from its statistics)."""
+    row_group, names = meta.row_group(index), meta.schema.names
+    wanted = {"net": where.nets, "phase": where.phases}
+    for column, values in wanted.items():
+        if values is None or column not in names:
+            continue
+        stats = row_group.column(names.index(column)).statistics
+        if stats is not None and stats.has_min_max and not any(stats.min <= v <= stats.max for v in values):
+            return False
+    if where.steps is not None and "step" in names:
+        stats = row_group.column(names.index("step")).statistics
+        if stats is not None and stats.has_min_max:
+            if isinstance(where.steps, slice):
+                start, stop = where.steps.start, where.steps.stop
+                if (start is not None and stats.max < start) or (stop is not None and stats.min >= stop):
+                    return False
+            elif not any(stats.min <= s <= stats.max for s in where.steps):
+                return False
+    return True
+
 
 def replace_stats(where: RowFilter) -> RowFilter:
     """``where`` without its statistics (they select columns of a wide chunk, not rows)."""
@@ -358,9 +405,19 @@ def replace_stats(where: RowFilter) -> RowFilter:
 
 def _scan_parquet(paths: list[Path], table: str, columns: list[str], where: RowFilter,
                   into: ColumnGatherer | None) -> ColumnGatherer:
-    """All Parquet chunks in one multi-threaded scan; on a damaged chunk, again file by file, naming it."""
+    """Every Parquet chunk (layers file by file, skipping row groups; scalars in one scan); a damaged chunk
+    is skipped with a warning naming it."""
     scan = _Scan(paths, table, columns, where)
     gather = into or gatherer(table, columns, scan.capacity)
+    if table == "layers":
+        for path in paths:
+            try:
+                rows = scan.read_file(path)
+            except (OSError, pa.ArrowException, ValueError) as exc:
+                _warn_unreadable(path, exc)
+                continue
+            scan.add(gather, rows)
+        return gather
     if paths:
         try:
             for batch in scan.dataset(paths).to_batches(columns=scan.read, filter=scan.expression,
@@ -492,7 +549,7 @@ def read_one(path: Path, table: str) -> pd.DataFrame:
             return _parse_csv(path, table)
         gather = gatherer(table)
         if table == "layers":
-            arrow = pq.read_table(path)
+            arrow = in_table_order(pq.read_table(path, page_checksum_verification=True))
             add_wide_batch(gather, arrow, stats_of(arrow.schema))
         else:
             gather.add_batch(pq.read_table(path, schema=schema(table)))

@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -326,7 +327,14 @@ class RunWriter:
                 known = step_range(path)  # a Parquet footer answers without reading the rows
                 if known is not None and known[1] <= limit:
                     continue
-                frame = read_one(path, table)
+                try:
+                    frame = read_one(path, table)
+                except ValueError as exc:  # its steps are unknown: keep the bytes, out of the table's way
+                    aside = path.with_name(path.name + ".damaged")
+                    os.replace(path, aside)
+                    warnings.warn(f"set damaged chunk {path} aside as {aside.name}: {str(exc).splitlines()[0]}",
+                                  stacklevel=2)
+                    continue
                 keep = frame[frame["step"] <= limit]
                 if len(keep) == len(frame):
                     continue

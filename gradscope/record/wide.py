@@ -16,10 +16,13 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gradscope.record.gather import ColumnGatherer
 
 KEYS: tuple[str, ...] = ("step", "phase", "net", "layer_index", "layer")
+#: Each (phase, net) is a row group of its own, so reading one net's statistics skips the others' pages.
+GROUP_KEYS: tuple[str, ...] = ("phase", "net")
 STAT_PREFIX = "stat."
 LAYOUT_KEY, LAYOUT = b"gradscope.layout", b"wide-1"
 
@@ -58,6 +61,34 @@ def to_wide(frame: pd.DataFrame) -> pa.Table:
 
 def _plain(array: pa.Array | pa.ChunkedArray) -> pa.Array:
     return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
+def is_wide(schema: pa.Schema) -> bool:
+    """Whether an Arrow schema is a wide layers chunk."""
+    return all(k in schema.names for k in KEYS) and any(n.startswith(STAT_PREFIX) for n in schema.names)
+
+
+def row_groups(table: pa.Table) -> list[pa.Table]:
+    """The rows of a wide table as one table per (phase, net), in name order, each in its own row order."""
+    pairs = table.group_by(list(GROUP_KEYS)).aggregate([])
+    chosen = sorted(zip(pairs.column("phase").to_pylist(), pairs.column("net").to_pylist()))
+    return [table.filter(pc.and_(pc.equal(table.column("phase"), phase), pc.equal(table.column("net"), net)))
+            for phase, net in chosen]
+
+
+def in_table_order(table: pa.Table) -> pa.Table:
+    """Row groups read back in the table's order: a stable sort by step.
+
+    Groups are stored in (phase, net) name order and each is sorted by (step,
+    layer_index, layer), so ordering by step alone, ties kept in file order,
+    gives (step, phase, net, layer_index, layer).
+    """
+    if table.num_rows < 2:
+        return table
+    step = table.column("step").to_numpy()
+    if (step[1:] >= step[:-1]).all():
+        return table
+    return table.take(pa.array(np.argsort(step, kind="stable")))
 
 
 def add_wide_batch(gather: ColumnGatherer, batch: pa.RecordBatch | pa.Table, stats: Sequence[str]) -> None:

@@ -362,7 +362,7 @@ def summary_lines(outcome: LoopOutcome, run_dir: Path, config: RunConfig) -> lis
     if sizes["final"]:
         parts.append(f"{FINAL_FILE} {_megabytes(sizes['final'])} (weights only)")
     lines.append(f"on disk: {_megabytes(sizes['total'])} in all; " + ", ".join(parts))
-    lines += ["next:", f"  gradscope plot {run} -o {shlex.quote(str(run_dir / 'plots'))}",
+    lines += ["next:", f"  gradscope plot {run}          # figures into {shlex.quote(str(run_dir / 'plots'))}",
               f"  gradscope report {run} -o {shlex.quote(str(run_dir / 'report.html'))}",
               f"  gradscope eval {run}",
               f"  gradscope run --resume {run} --iterations {2 * outcome.step}"]
