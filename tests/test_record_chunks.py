@@ -250,6 +250,19 @@ def test_a_legacy_csv_run_loads_and_converts_with_one_command(tmp_path, capsys) 
     writer.flush()
     assert chunk_files(sweep / "runs" / "a" / "layers")[-1].name == "000007.parquet"
     assert cli_main(["runs", "convert", str(tmp_path / "nothing-here")]) == 2
+    # never under a live writer: a run being written is refused, naming the holder
+    write_csv_run(sweep / "runs" / "c", flushes[:1])
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from gradscope.record.lock import "
+                               "DirectoryLock; DirectoryLock(sys.argv[1]).acquire(); print('held', flush=True); "
+                               "time.sleep(60)", str(sweep / "runs" / "c")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert cli_main(["runs", "convert", str(sweep / "runs" / "c")]) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (sweep / "runs" / "c" / "layers" / "000001.csv").exists()
 
 
 def test_a_damaged_chunk_is_named_in_a_warning_and_the_rest_loads(tmp_path) -> None:

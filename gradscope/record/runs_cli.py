@@ -25,6 +25,7 @@ from gradscope.record.chunks import (
     read_one,
     write_chunk,
 )
+from gradscope.record.lock import DirectoryLock
 from gradscope.record.storage import TABLES, format_bytes
 
 
@@ -62,6 +63,12 @@ def convert_run(run: Path, fsync: bool = True, into: Conversion | None = None) -
     """
     done = into or Conversion()
     done.runs += 1
+    with DirectoryLock(run, hint="convert it once it has finished"):  # never under a live writer
+        _convert_tables(run, fsync, done)
+    return done
+
+
+def _convert_tables(run: Path, fsync: bool, done: Conversion) -> None:
     for table in TABLES:
         for path in chunk_files(run / table):
             if path.suffix != ".csv":
@@ -85,7 +92,6 @@ def convert_run(run: Path, fsync: bool = True, into: Conversion | None = None) -
             done.converted += 1
         merge_singles(run / table, fsync)
         done.bytes_after += sum(p.stat().st_size for p in chunk_files(run / table) if p.suffix == ".parquet")
-    return done
 
 
 def merge_singles(folder: Path, fsync: bool = True) -> None:
