@@ -8,33 +8,27 @@ encoded and every page with a CRC checksum: a chunk cut short or with a
 flipped byte fails to read instead of reading wrong numbers (a CSV cut
 mid-number reads ``0.5889992`` as ``0.5``).
 
-Filters (:class:`RowFilter`) are pushed down to the Parquet reader, which
-skips the columns that are not asked for and the rows that do not match.
+Reading many chunks with a filter is :mod:`gradscope.record.scan`.
 """
 from __future__ import annotations
 
 import os
 import re
-import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from gradscope.record.gather import ColumnGatherer
+from gradscope.record.columns import COLUMNS, INT_COLUMNS, NAME_COLUMNS, SORT_KEYS  # noqa: F401 (re-exported)
+from gradscope.record.gather import gatherer
 from gradscope.record.wide import (
     KEYS,
     add_wide_batch,
     in_table_order,
     is_wide,
     row_groups,
-    stat_column,
     stats_of,
     to_wide,
 )
@@ -43,17 +37,6 @@ from gradscope.record.wide import (
 CHUNK_PATTERN = re.compile(r"^(\d{6,})(?:-(\d{6,}))?\.(csv|parquet)$")
 #: Flushes merged into one segment file: a 400k-iteration run flushed every 50 leaves 125 files, not 8,000.
 SEGMENT_FLUSHES = 64
-#: Columns of each table, in order, and which of them hold names (categorical when read).
-COLUMNS: dict[str, tuple[str, ...]] = {
-    "layers": ("step", "phase", "net", "layer", "layer_index", "stat", "value"),
-    "scalars": ("step", "name", "value"),
-}
-#: The sort keys of each table; a (step, ..., stat) key appears once (the newest row wins).
-SORT_KEYS: dict[str, tuple[str, ...]] = {"layers": ("step", "phase", "net", "layer_index", "layer", "stat"),
-                                         "scalars": ("step", "name")}
-NAME_COLUMNS: dict[str, tuple[str, ...]] = {"layers": ("phase", "net", "layer", "stat"), "scalars": ("name",)}
-#: Integer columns and their dtypes. ``layer_index`` (a position in a net) fits 32 bits; steps get 64.
-INT_COLUMNS: dict[str, str] = {"step": "int64", "layer_index": "int32"}
 _ARROW_TYPES = {"int64": pa.int64(), "int32": pa.int32()}
 COMPRESSION = "zstd"
 
@@ -168,277 +151,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False, na_values={"value": ["nan"]})
 
 
-@dataclass(frozen=True)
-class RowFilter:
-    """Which rows of a table to read: each given field keeps rows whose column is one of its values.
-
-    Parameters
-    ----------
-    stats, nets, layers, phases : collection of str, optional
-        Names to keep (``None``: all).
-    steps : slice or iterable of int, optional
-        A ``slice(start, stop)`` (``stop`` excluded, either may be ``None``) or the steps themselves.
-
-    Examples
-    --------
-    >>> RowFilter(stats=["sigma"], steps=slice(0, 100)).is_empty()
-    False
-    """
-
-    stats: frozenset[str] | None = None
-    nets: frozenset[str] | None = None
-    layers: frozenset[str] | None = None
-    phases: frozenset[str] | None = None
-    steps: slice | frozenset[int] | None = None
-
-    @classmethod
-    def build(cls, stats: Iterable[str] | None = None, nets: Iterable[str] | None = None,
-              layers: Iterable[str] | None = None, phases: Iterable[str] | None = None,
-              steps: slice | Iterable[int] | None = None) -> RowFilter:
-        """Validate and freeze the arguments of :func:`gradscope.load_run`."""
-        def names(label: str, values: Iterable[str] | None) -> frozenset[str] | None:
-            if values is None:
-                return None
-            if isinstance(values, str):
-                values = [values]
-            chosen = frozenset(values)
-            if not all(isinstance(v, str) for v in chosen):
-                raise ValueError(f"{label} must be names (strings), got {sorted(map(repr, chosen))}")
-            return chosen
-        if steps is not None and not isinstance(steps, slice):
-            if isinstance(steps, (int, np.integer)):
-                steps = [int(steps)]
-            steps = frozenset(int(s) for s in steps)
-        elif isinstance(steps, slice) and steps.step not in (None, 1):
-            raise ValueError(f"steps=slice(...) takes a start and a stop, not a stride (got {steps.step})")
-        return cls(names("stats", stats), names("nets", nets), names("layers", layers), names("phases", phases),
-                   steps)
-
-    def narrowed(self, other: RowFilter) -> RowFilter:
-        """Rows that pass both filters."""
-        def both(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
-            return b if a is None else a if b is None else a & b
-        steps: slice | frozenset[int] | None
-        if self.steps is None or other.steps is None:
-            steps = other.steps if self.steps is None else self.steps
-        elif isinstance(self.steps, slice) and isinstance(other.steps, slice):
-            starts = [s.start for s in (self.steps, other.steps) if s.start is not None]
-            stops = [s.stop for s in (self.steps, other.steps) if s.stop is not None]
-            steps = slice(max(starts) if starts else None, min(stops) if stops else None)
-        else:
-            sets = [s for s in (self.steps, other.steps) if not isinstance(s, slice)]
-            ranges = [s for s in (self.steps, other.steps) if isinstance(s, slice)]
-            steps = frozenset.intersection(*sets)
-            for r in ranges:
-                steps = frozenset(s for s in steps if (r.start is None or s >= r.start)
-                                  and (r.stop is None or s < r.stop))
-        return RowFilter(both(self.stats, other.stats), both(self.nets, other.nets),
-                         both(self.layers, other.layers), both(self.phases, other.phases), steps)
-
-    def _fields(self, table: str) -> list[tuple[str, object]]:
-        named = {"stat": self.stats, "net": self.nets, "layer": self.layers, "phase": self.phases}
-        present = set(COLUMNS[table])
-        return [(column, values) for column, values in named.items() if values is not None and column in present]
-
-    def is_empty(self) -> bool:
-        """Whether the filter keeps every row."""
-        return self.steps is None and not any(v is not None for v in (self.stats, self.nets, self.layers,
-                                                                          self.phases))
-
-    def expression(self, table: str) -> ds.Expression | None:
-        """The filter as a pyarrow dataset expression (``None`` keeps everything)."""
-        parts = [pc.field(column).isin(sorted(values)) for column, values in self._fields(table)]
-        if isinstance(self.steps, slice):
-            if self.steps.start is not None:
-                parts.append(pc.field("step") >= int(self.steps.start))
-            if self.steps.stop is not None:
-                parts.append(pc.field("step") < int(self.steps.stop))
-        elif self.steps is not None:
-            parts.append(pc.field("step").isin(sorted(self.steps)))
-        if not parts:
-            return None
-        expression = parts[0]
-        for part in parts[1:]:
-            expression = expression & part
-        return expression
-
-    def apply(self, frame: pd.DataFrame, table: str) -> pd.DataFrame:
-        """The same filter on a frame already in memory (CSV chunks, tables kept in memory)."""
-        keep = np.ones(len(frame), dtype=bool)
-        for column, values in self._fields(table):
-            keep &= frame[column].astype(str).isin(values).to_numpy() if len(frame) else keep
-        if isinstance(self.steps, slice):
-            step = frame["step"].to_numpy()
-            if self.steps.start is not None:
-                keep &= step >= int(self.steps.start)
-            if self.steps.stop is not None:
-                keep &= step < int(self.steps.stop)
-        elif self.steps is not None:
-            keep &= frame["step"].isin(self.steps).to_numpy()
-        return frame if keep.all() else frame[keep]
-
-
-def _warn_unreadable(path: Path, exc: Exception) -> None:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    warnings.warn(f"skipping unreadable chunk {path}: {reason}", stacklevel=5)
-
-
-def gatherer(table: str, columns: Sequence[str] | None = None, capacity: int | None = None) -> ColumnGatherer:
-    """An empty :class:`ColumnGatherer` for ``table``'s columns and dtypes."""
-    chosen = list(COLUMNS[table] if columns is None else columns)
-    dtypes = {c: INT_COLUMNS.get(c, "float64") for c in chosen if c not in NAME_COLUMNS[table]}
-    return ColumnGatherer(chosen, NAME_COLUMNS[table], dtypes, capacity)
-
-
-def _parquet_format() -> ds.ParquetFileFormat:
-    return ds.ParquetFileFormat(read_options={"dictionary_columns": ["phase", "net", "layer", "name"]},
-                                default_fragment_scan_options=ds.ParquetFragmentScanOptions(
-                                    page_checksum_verification=True))
-
-
-def _read_schema(table: str, stats: Sequence[str]) -> pa.Schema:
-    if table != "layers":
-        return schema(table, dictionary=True)
-    name = pa.dictionary(pa.int32(), pa.string())
-    fields = [pa.field("step", pa.int64()), pa.field("phase", name), pa.field("net", name),
-              pa.field("layer_index", pa.int32()), pa.field("layer", name)]
-    return pa.schema(fields + [pa.field(stat_column(s), pa.float64()) for s in stats])
-
-
-def _footers(paths: Sequence[Path]) -> list[pq.FileMetaData]:
-    footers = []
-    for path in paths:
-        try:
-            footers.append(pq.read_metadata(path))
-        except (OSError, pa.ArrowException):
-            continue  # named when its rows are read
-    return footers
-
-
-def _present_values(footers: Sequence[pq.FileMetaData], columns: Sequence[str]) -> int | None:
-    """Non-null values of ``columns`` in all chunks, from the footers (``None`` if a statistic is missing)."""
-    total = 0
-    for meta in footers:
-        names = meta.schema.names
-        for group in range(meta.num_row_groups):
-            row_group = meta.row_group(group)
-            for column in columns:
-                if column not in names:
-                    continue
-                stats = row_group.column(names.index(column)).statistics
-                if stats is None or not stats.has_null_count:
-                    return None
-                total += row_group.num_rows - stats.null_count
-    return total
-
-
-class _Scan:
-    """What to read of a table's Parquet chunks: columns, filter, and how batches become long rows."""
-
-    def __init__(self, paths: list[Path], table: str, columns: list[str], where: RowFilter) -> None:
-        self.table, self.columns, self.where = table, columns, where
-        self.expression = where.expression(table)
-        footers = _footers(paths)
-        rows_filtered = not replace_stats(where).is_empty()
-        if table == "layers":
-            stats = sorted({s for meta in footers for s in stats_of(meta.schema.to_arrow_schema())})
-            if where.stats is not None:
-                stats = [s for s in stats if s in where.stats]
-            self.stats = stats
-            self.read = list(KEYS) + [stat_column(s) for s in stats]
-            # the stat filter is a column projection: drop it from the row filter
-            self.expression = replace_stats(where).expression(table)
-            counted = [stat_column(s) for s in stats]
-        else:
-            self.stats, self.read, counted = [], columns, ["value"]
-        # Rows known from the footers: the result's arrays are allocated once, at their final size.
-        self.capacity = None if rows_filtered or len(footers) < len(paths) else _present_values(footers, counted)
-        self.schema = _read_schema(table, self.stats)
-
-    def add(self, gather: ColumnGatherer, batch: pa.RecordBatch | pa.Table) -> None:
-        if self.table == "layers":
-            add_wide_batch(gather, batch, self.stats)
-        else:
-            gather.add_batch(batch)
-
-    def dataset(self, paths: list[Path]) -> ds.Dataset:
-        return ds.dataset([str(p) for p in paths], schema=self.schema, format=_parquet_format())
-
-    def read_file(self, path: Path) -> pa.Table:
-        """One wide chunk: only the row groups and columns asked for, filtered, in the table's order."""
-        handle = pq.ParquetFile(path, read_dictionary=["phase", "net", "layer"], page_checksum_verification=True)
-        meta = handle.metadata
-        groups = [i for i in range(meta.num_row_groups) if _group_may_match(meta, i, self.where)]
-        names = handle.schema_arrow.names
-        rows = handle.read_row_groups(groups, columns=[c for c in self.read if c in names])
-        if self.expression is not None:
-            rows = rows.filter(self.expression)
-        return in_table_order(rows)
-
-
-def _group_may_match(meta: pq.FileMetaData, index: int, where: RowFilter) -> bool:
-    """Whether row group ``index`` may hold rows of ``where``'s nets, phases and steps (from its statistics)."""
-    row_group, names = meta.row_group(index), meta.schema.names
-    wanted = {"net": where.nets, "phase": where.phases}
-    for column, values in wanted.items():
-        if values is None or column not in names:
-            continue
-        stats = row_group.column(names.index(column)).statistics
-        if stats is not None and stats.has_min_max and not any(stats.min <= v <= stats.max for v in values):
-            return False
-    if where.steps is not None and "step" in names:
-        stats = row_group.column(names.index("step")).statistics
-        if stats is not None and stats.has_min_max:
-            if isinstance(where.steps, slice):
-                start, stop = where.steps.start, where.steps.stop
-                if (start is not None and stats.max < start) or (stop is not None and stats.min >= stop):
-                    return False
-            elif not any(stats.min <= s <= stats.max for s in where.steps):
-                return False
-    return True
-
-
-def replace_stats(where: RowFilter) -> RowFilter:
-    """``where`` without its statistics (they select columns of a wide chunk, not rows)."""
-    return RowFilter(None, where.nets, where.layers, where.phases, where.steps)
-
-
-def _scan_parquet(paths: list[Path], table: str, columns: list[str], where: RowFilter,
-                  into: ColumnGatherer | None) -> ColumnGatherer:
-    """Every Parquet chunk (layers file by file, skipping row groups; scalars in one scan); a damaged chunk
-    is skipped with a warning naming it."""
-    scan = _Scan(paths, table, columns, where)
-    gather = into or gatherer(table, columns, scan.capacity)
-    if table == "layers":
-        for path in paths:
-            try:
-                rows = scan.read_file(path)
-            except (OSError, pa.ArrowException, ValueError) as exc:
-                _warn_unreadable(path, exc)
-                continue
-            scan.add(gather, rows)
-        return gather
-    if paths:
-        try:
-            for batch in scan.dataset(paths).to_batches(columns=scan.read, filter=scan.expression,
-                                                        batch_size=1 << 18):
-                scan.add(gather, batch)
-            return gather
-        except (OSError, pa.ArrowException, ValueError):
-            if into is not None and into.filled:
-                raise
-    gather = into or gatherer(table, columns)
-    for path in paths:
-        try:
-            rows = scan.dataset([path]).to_table(columns=scan.read, filter=scan.expression)
-        except (OSError, pa.ArrowException, ValueError) as exc:
-            _warn_unreadable(path, exc)
-            continue
-        scan.add(gather, rows)
-    return gather
-
-
-def _parse_csv(path: Path, table: str) -> pd.DataFrame:
+def parse_csv(path: Path, table: str) -> pd.DataFrame:
     """A CSV chunk with the table's columns and number types (raises when it has neither)."""
     frame = _read_csv(path)
     missing = [c for c in COLUMNS[table] if c not in frame.columns]
@@ -449,72 +162,6 @@ def _parse_csv(path: Path, table: str) -> pd.DataFrame:
             frame[column] = pd.to_numeric(frame[column], errors="raise").astype(dtype)
     frame["value"] = pd.to_numeric(frame["value"], errors="raise").astype("float64")
     return frame
-
-
-def _csv_frames(paths: list[Path], table: str, columns: list[str], where: RowFilter) -> list[pd.DataFrame]:
-    frames = []
-    for path in paths:
-        try:
-            frame = _parse_csv(path, table)
-        except (OSError, ValueError, TypeError, pd.errors.ParserError) as exc:
-            _warn_unreadable(path, exc)
-            continue
-        frames.append(where.apply(frame, table)[columns])
-    return frames
-
-
-def read_rows(folder: Path, table: str, where: RowFilter | None = None,
-              columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """The rows of every readable chunk of ``folder`` that pass ``where``, in write order, one frame.
-
-    Names are categorical with sorted categories. A damaged chunk is skipped with a warning naming it.
-    CSV chunks (runs from before Parquet) come first: a resumed old run numbers its new Parquet chunks
-    after them, so this is write order.
-    """
-    where = where or RowFilter()
-    chosen = list(COLUMNS[table] if columns is None else columns)
-    files = chunk_files(folder)
-    csv = [p for p in files if p.suffix == ".csv"]
-    frames = _csv_frames(csv, table, chosen, where)
-    gather = None
-    if frames:
-        gather = gatherer(table, chosen)
-        for frame in frames:
-            gather.add_frame(frame)
-    gather = _scan_parquet([p for p in files if p.suffix == ".parquet"], table, chosen, where, gather)
-    return gather.frame()
-
-
-def stored_rows(folder: Path, table: str) -> int | None:
-    """Rows of a table (long form) from its chunks' footers, CSV chunks counted by lines; ``None`` when a
-    footer lacks the null counts (chunks written before every column had statistics)."""
-    files = chunk_files(folder)
-    parquet = [p for p in files if p.suffix == ".parquet"]
-    footers = _footers(parquet)
-    columns = sorted({n for meta in footers for n in meta.schema.names if n.startswith("stat.")}) \
-        if table == "layers" else ["value"]
-    counted = _present_values(footers, columns) if parquet else 0
-    if counted is None or len(footers) < len(parquet):
-        return None
-    for path in (p for p in files if p.suffix == ".csv"):
-        with open(path, "rb") as handle:
-            counted += max(0, sum(1 for _ in handle) - 1)
-    return counted
-
-
-def recorded_groups(folder: Path, table: str = "layers") -> set[tuple[str, str]]:
-    """The distinct (net, phase) pairs of a layers table, reading only those two columns."""
-    found: set[tuple[str, str]] = set()
-    files = chunk_files(folder)
-    for frame in _csv_frames([p for p in files if p.suffix == ".csv"], table, ["net", "phase"], RowFilter()):
-        found.update(zip(frame["net"].astype(str), frame["phase"].astype(str)))
-    for path in (p for p in files if p.suffix == ".parquet"):
-        try:
-            pairs = pq.read_table(path, columns=["net", "phase"]).group_by(["net", "phase"]).aggregate([])
-        except (OSError, pa.ArrowException):
-            continue  # named when its rows are read
-        found.update(zip(pairs.column("net").to_pylist(), pairs.column("phase").to_pylist()))
-    return found
 
 
 def step_range(path: Path) -> tuple[int, int] | None:
@@ -546,7 +193,7 @@ def read_one(path: Path, table: str) -> pd.DataFrame:
     """
     try:
         if path.suffix == ".csv":
-            return _parse_csv(path, table)
+            return parse_csv(path, table)
         gather = gatherer(table)
         if table == "layers":
             arrow = in_table_order(pq.read_table(path, page_checksum_verification=True))

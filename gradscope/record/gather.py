@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from gradscope.record.columns import COLUMNS, INT_COLUMNS, NAME_COLUMNS
+
 _CODE_TYPES = (np.int8, np.int16, np.int32)
 
 
@@ -137,3 +139,10 @@ class ColumnGatherer:
             else:
                 data[column] = values
         return pd.DataFrame(data, copy=False)
+
+
+def gatherer(table: str, columns: Sequence[str] | None = None, capacity: int | None = None) -> ColumnGatherer:
+    """An empty :class:`ColumnGatherer` for ``table``'s columns and dtypes."""
+    chosen = list(COLUMNS[table] if columns is None else columns)
+    dtypes = {c: INT_COLUMNS.get(c, "float64") for c in chosen if c not in NAME_COLUMNS[table]}
+    return ColumnGatherer(chosen, NAME_COLUMNS[table], dtypes, capacity)

@@ -9,17 +9,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gradscope.record.chunks import (
-    COLUMNS,
-    INT_COLUMNS,
-    NAME_COLUMNS,
-    SORT_KEYS,
-    RowFilter,
-    gatherer,
-    read_rows,
-    recorded_groups,
-    stored_rows,
-)
+from gradscope.record.columns import COLUMNS, INT_COLUMNS, NAME_COLUMNS, SORT_KEYS
+from gradscope.record.gather import gatherer
+from gradscope.record.rowfilter import RowFilter
+from gradscope.record.scan import read_rows, recorded_groups, stored_rows
 from gradscope.record.stats import STATS
 from gradscope.record.storage import TABLES, read_json, read_jsonl
 
