@@ -164,13 +164,19 @@ class Run:
                          phases=None if phase is None else [phase], steps=steps)
         if rows["net"].nunique() > 1 or rows["phase"].nunique() > 1:
             raise ValueError(f"stat {stat!r} is recorded for several nets or phases; pass net= and phase=")
-        layer = rows["layer"].astype(str)
-        wide = rows.assign(layer=layer).pivot_table(index="step", columns="layer", values="value", aggfunc="last",
-                                                    dropna=False)
-        wide.columns.name = "layer"
-        order = pd.DataFrame({"layer_index": rows["layer_index"], "layer": layer}).drop_duplicates()
-        order = order.sort_values("layer_index", kind="stable")["layer"]
-        return wide[[name for name in order if name in wide.columns]]
+        # Rows are tidy (one per step and layer here): a scatter into a dense array is the whole pivot.
+        layer = rows["layer"] if isinstance(rows["layer"].dtype, pd.CategoricalDtype) else \
+            pd.Series(pd.Categorical(rows["layer"].astype(str)))
+        codes = layer.cat.codes.to_numpy()
+        steps, step_position = np.unique(rows["step"].to_numpy(), return_inverse=True)
+        pairs = pd.DataFrame({"layer_index": rows["layer_index"].to_numpy(), "code": codes}).drop_duplicates()
+        pairs = pairs.sort_values("layer_index", kind="stable")  # input to output; ties in first-seen order
+        column_of = np.zeros(len(layer.cat.categories), dtype=np.int64)
+        column_of[pairs["code"].to_numpy()] = np.arange(len(pairs))
+        values = np.full((len(steps), len(pairs)), np.nan)
+        values[step_position, column_of[codes]] = rows["value"].to_numpy()
+        names = [str(name) for name in layer.cat.categories[pairs["code"].to_numpy()]]
+        return pd.DataFrame(values, index=pd.Index(steps, name="step"), columns=pd.Index(names, name="layer"))
 
 
 def _key_codes(frame: pd.DataFrame, column: str) -> np.ndarray:

@@ -115,9 +115,23 @@ class _Scan:
         groups = [i for i in range(meta.num_row_groups) if _group_may_match(meta, i, self.where)]
         names = handle.schema_arrow.names
         rows = handle.read_row_groups(groups, columns=[c for c in self.read if c in names])
-        if self.expression is not None:
-            rows = rows.filter(self.expression)
+        where = self.where
+        if all(_pure_group(meta, i) for i in groups):  # the kept groups hold only the nets and phases asked for
+            where = RowFilter(None, None, where.layers, None, where.steps)
+        expression = where.expression(self.table)
+        if expression is not None:
+            rows = rows.filter(expression)
         return in_table_order(rows)
+
+
+def _pure_group(meta: pq.FileMetaData, index: int) -> bool:
+    """Whether row group ``index`` holds one (phase, net) only (its statistics' min equals its max)."""
+    row_group, names = meta.row_group(index), meta.schema.names
+    for column in ("phase", "net"):
+        stats = row_group.column(names.index(column)).statistics if column in names else None
+        if stats is None or not stats.has_min_max or stats.min != stats.max:
+            return False
+    return True
 
 
 def _group_may_match(meta: pq.FileMetaData, index: int, where: RowFilter) -> bool:
