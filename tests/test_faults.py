@@ -231,7 +231,8 @@ def _kill_when(procs: list[_Fork], ready, delays: list[float], timeout: float = 
             if proc.poll() is None and not killed[procs.index(proc)]:
                 proc.send_signal(signal.SIGKILL)  # a failed test leaves no process behind
             proc.wait()
-    return killed
+    # A process that ended just before its SIGKILL landed (a zombie takes the signal) was not killed.
+    return [k and proc.returncode == -signal.SIGKILL for k, proc in zip(killed, procs)]
 
 
 def _steps(run: Path, table: str) -> list[int]:
