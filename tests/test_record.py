@@ -13,10 +13,10 @@ from torch.func import functional_call
 from torch.nn.utils import parametrize
 
 from gradscope.linalg import conv_operator_norm, reshape_norms
-from gradscope.norms.base import SpectralParametrization, effective_weight
-from gradscope.record import STATS, AlertRule, Recorder
 from gradscope.models import MLPDiscriminator
 from gradscope.norms import normalize
+from gradscope.norms.base import SpectralParametrization, effective_weight
+from gradscope.record import STATS, AlertRule, Recorder
 from gradscope.record.probes import hessian_norms
 
 DT = torch.float64
@@ -281,6 +281,12 @@ def test_two_models_and_phases_are_recorded_separately() -> None:
     g_d = g_phase[g_phase["net"] == "D"]
     assert "grad_w_raw_norm" not in set(g_d["stat"])
     assert {"grad_out_norm", "grad_in_norm"} <= set(g_d["stat"])
+    # nor per-parameter rows: D's parameters are D's update's, unchanged by G's (a repeat with ratio 0)
+    assert not g_d["stat"].str.startswith("param_").any()
+    ratios = d_phase[d_phase["stat"] == "param_update_ratio"]["value"]
+    assert len(ratios) == len(list(disc.parameters())) and (ratios > 0).sum() >= 6
+    assert set(g_phase[(g_phase["net"] == "G") & (g_phase["stat"] == "param_norm")]["layer"]) == {
+        name for name, _ in gen.named_parameters()}
     # conv1's input is G's output in the G phase, so its input gradient exists there only.
     assert not len(d_phase[(d_phase["layer"] == "conv1") & (d_phase["stat"] == "grad_in_norm")])
     assert len(g_d[(g_d["layer"] == "conv1") & (g_d["stat"] == "grad_in_norm")]) == 1

@@ -92,7 +92,8 @@ def test_parquet_round_trip_equals_the_rows_written_and_the_csv_format(tmp_path,
     pd.testing.assert_frame_equal(new.scalars, old.scalars)
     pd.testing.assert_frame_equal(as_plain(new.layers), expected_layers(flushes), check_dtype=False)
     dtypes = new.layers.dtypes
-    assert (dtypes["step"], dtypes["layer_index"], dtypes["value"]) == (np.int64, np.int32, np.float64)
+    assert (dtypes["step"], dtypes["layer_index"], dtypes["value"]) == (np.int32, np.int16, np.float64)
+    assert new.scalars["step"].dtype == np.int32
     for column in ("phase", "net", "layer", "stat"):
         categories = list(new.layers[column].cat.categories)
         assert categories == sorted(categories)
@@ -105,6 +106,22 @@ def test_parquet_round_trip_equals_the_rows_written_and_the_csv_format(tmp_path,
     groups = {(meta.row_group(i).column(1).statistics.min, meta.row_group(i).column(2).statistics.max)
               for i in range(meta.num_row_groups)}
     assert meta.schema.names[1:3] == ["phase", "net"] and groups == {("d", "D"), ("g", "D"), ("g", "G")}
+
+
+def test_integer_columns_widen_when_a_later_chunk_holds_larger_values(tmp_path) -> None:
+    # Narrow dtypes (int32 steps, int16 layer indices) until a value needs more: then the whole column
+    # widens, in the footer-sized path (no filter) and the growing one (a layer filter), values exact.
+    flushes = random_flushes(3, n_flushes=4)
+    flushes[-1] = flushes[-1].assign(step=flushes[-1]["step"] + 2**31, layer_index=flushes[-1]["layer_index"] + 40_000)
+    write_parquet_run(tmp_path / "run", flushes)
+    for run in (load_run(tmp_path / "run"), load_run(tmp_path / "run", layers=["conv1", "fc"])):
+        layers = run.layers
+        assert (layers["step"].dtype, layers["layer_index"].dtype) == (np.int64, np.int32)
+        expect = expected_layers(flushes)
+        expect = expect[expect["layer"].isin(run.where.layers or LAYERS)].reset_index(drop=True)
+        pd.testing.assert_frame_equal(as_plain(layers), expect, check_dtype=False)
+        assert layers["step"].max() == flushes[-1]["step"].max() > 2**31
+    assert load_run(tmp_path / "run", steps=slice(0, 2**31 - 1)).layers["step"].dtype == np.int32
 
 
 def test_filters_equal_filtering_the_whole_table_afterwards(tmp_path) -> None:

@@ -240,10 +240,10 @@ def test_a_zero_parameter_that_does_not_move_has_update_ratio_zero_and_raises_no
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
     with torch.no_grad():
         model[0].bias.zero_()
-    model[0].bias.requires_grad_(False)  # stays exactly 0
     printed = []
     rec = Recorder(model, alert_printer=printed.append).attach()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    rest = [p for p in model.parameters() if p is not model[0].bias]
+    opt = torch.optim.SGD([{"params": [model[0].bias], "lr": 0.0}, {"params": rest}], lr=0.1)  # bias stays 0
     for step in range(3):
         opt.zero_grad()
         model(torch.randn(5, 3)).sum().backward()

@@ -273,7 +273,9 @@ WEIGHT_GRADS = Family(
 
 # --- per-parameter statistics ----------------------------------------------------------------------
 def _collect_params(ctx: StepContext) -> None:
-    params = [p for layer in ctx.layers for p in layer.params]
+    # Only the parameters this step trains: a net used as a fixed function in another phase (D in the
+    # generator's update) would repeat its parameters' values, with an update ratio of 0.
+    params = [p for layer in ctx.layers for p in layer.params if p.uid in ctx.grad_seen]
     if not params:
         return
     if ctx.want & {"param_norm", "param_rms", "param_update_ratio", "param_nonfinite"}:
@@ -297,7 +299,7 @@ def _derive_params(d: Derivation) -> Derived:
     moved, update = d.direct("param_update")
     with np.errstate(divide="ignore", invalid="ignore"):
         rms = norm / np.sqrt(d.attr("numel"))
-        # A parameter that did not move has ratio 0 even at norm 0 (a zero bias that gets no gradient);
+        # A parameter that did not move has ratio 0 even at norm 0 (a zero bias with a zero learning rate);
         # one that moved away from exactly 0 has no finite ratio and gets no row.
         ratio = np.where(update == 0, 0.0, update / norm)
     defined = moved & present & ((norm > 0) | (update == 0))
@@ -309,7 +311,8 @@ def _derive_params(d: Derivation) -> Derived:
 
 PARAMS = Family(
     "params", PARAM, "step", CHEAP,
-    {"param_norm": "Frobenius norm of the parameter (every trainable parameter; rows named by its path)",
+    {"param_norm": "Frobenius norm of the parameter (every parameter that received a gradient in the "
+                   "recorded step, after the optimizer's update; rows named by its path)",
      "param_rms": "root mean square of the parameter's entries",
      "param_grad_norm": "norm of the parameter's .grad when step() is called",
      "param_update_ratio": "||p_after - p_before|| / ||p_after|| over the recorded step (the optimizer's "

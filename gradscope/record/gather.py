@@ -5,8 +5,10 @@ batches to pandas one file at a time and concatenating keeps two or three
 copies alive at once; here each batch's values go straight into the final
 arrays (preallocated when the row count is known from the Parquet footers),
 and names are mapped to codes of one growing dictionary, so the peak is close
-to the final table: 8 (step) + 4 (layer_index) + 8 (value) + 1 per name column
-bytes per row.
+to the final table. Integer columns take the narrowest of their dtypes that
+holds every value (:data:`~gradscope.record.columns.READ_INT_DTYPES`), widened
+in place if a later batch needs more: 4 (step) + 2 (layer_index) + 8 (value)
++ 1 per name column bytes per row.
 """
 from __future__ import annotations
 
@@ -16,9 +18,24 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from gradscope.record.columns import COLUMNS, INT_COLUMNS, NAME_COLUMNS
+from gradscope.record.columns import COLUMNS, NAME_COLUMNS, READ_INT_DTYPES
 
 _CODE_TYPES = (np.int8, np.int16, np.int32)
+
+
+def narrowest_int(dtypes: Sequence[np.dtype | str], values: np.ndarray, column: str = "column") -> np.dtype:
+    """The first of ``dtypes`` (narrowest first) that holds every value of ``values``.
+
+    >>> narrowest_int(["int16", "int32"], np.array([3, 40_000])).name
+    'int32'
+    """
+    if len(values):
+        low, high = values.min(), values.max()
+        for dtype in map(np.dtype, dtypes):
+            if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
+                return dtype
+        raise ValueError(f"{column} holds {high if high > np.iinfo(dtype).max else low}, beyond {dtype.name}")
+    return np.dtype(dtypes[0])
 
 
 def _code_type(n_names: int) -> type:
@@ -37,8 +54,9 @@ class ColumnGatherer:
         The columns, in order.
     names : sequence of str
         Which of them hold names (categorical in the result, categories sorted).
-    dtypes : dict of str to str
-        numpy dtypes of the other columns.
+    dtypes : dict of str to str or tuple of str
+        numpy dtypes of the other columns; a tuple (integers, narrowest first) means the first that holds
+        every value gathered.
     capacity : int, optional
         The total row count when known: arrays are allocated once and filled in place.
 
@@ -50,10 +68,13 @@ class ColumnGatherer:
     [1, 0, 1]
     """
 
-    def __init__(self, columns: Sequence[str], names: Sequence[str], dtypes: dict[str, str],
+    def __init__(self, columns: Sequence[str], names: Sequence[str], dtypes: dict[str, str | tuple[str, ...]],
                  capacity: int | None = None) -> None:
         self.columns, self.names = list(columns), [c for c in columns if c in names]
-        self.dtypes = {c: np.dtype(dtypes[c]) for c in self.columns if c not in self.names}
+        ladders = {c: dtypes[c] if isinstance(dtypes[c], tuple) else (dtypes[c],)
+                   for c in self.columns if c not in self.names}
+        self.ladders = {c: tuple(map(np.dtype, ladder)) for c, ladder in ladders.items()}
+        self.dtypes = {c: ladder[0] for c, ladder in self.ladders.items()}
         self.dictionaries: dict[str, dict[str, int]] = {c: {} for c in self.names}
         self.capacity = capacity
         self.filled = 0
@@ -69,25 +90,46 @@ class ColumnGatherer:
                              count=len(dictionary)).astype(_code_type(len(known)))
         return lookup[indices] if len(indices) else np.zeros(0, dtype=lookup.dtype)
 
-    def _store(self, column: str, values: np.ndarray) -> None:
-        if self.capacity is None:
-            dtype = _code_type(len(self.dictionaries[column])) if column in self.names else self.dtypes[column]
-            self.parts[column].append(values.astype(dtype, copy=False))
-            return
-        target = self.arrays[column]
+    def _width(self, column: str, values: np.ndarray) -> np.dtype:
+        """The dtype ``column`` needs once ``values`` join it (never narrower than it already is)."""
         if column in self.names:
-            needed = _code_type(len(self.dictionaries[column]))
-            if np.iinfo(needed).max > np.iinfo(target.dtype).max:  # a name beyond the codes' range: widen
-                target = self.arrays[column] = target.astype(needed)
-        if self.filled + len(values) > len(target):
-            raise ValueError(f"more rows than the {self.capacity} the chunk footers announced")
-        target[self.filled:self.filled + len(values)] = values
+            return np.dtype(_code_type(len(self.dictionaries[column])))
+        ladder = self.ladders[column]
+        if len(ladder) > 1 and len(values):
+            current = ladder.index(self.dtypes[column])
+            self.dtypes[column] = narrowest_int(ladder[current:], values, column)
+        return self.dtypes[column]
 
-    def add_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        """Add rows given as one numpy array per column (names already as :meth:`encode` codes)."""
-        n = len(next(iter(arrays.values())))
+    def _target(self, column: str, dtype: np.dtype, n: int) -> np.ndarray:
+        """The slice of ``column``'s preallocated array that the next ``n`` rows fill."""
+        target = self.arrays[column]
+        if dtype.itemsize > target.dtype.itemsize:  # a name or a number beyond the current width: widen
+            target = self.arrays[column] = target.astype(dtype)
+        if self.filled + n > len(target):
+            raise ValueError(f"more rows than the {self.capacity} the chunk footers announced")
+        return target[self.filled:self.filled + n]
+
+    def _store(self, column: str, values: np.ndarray) -> None:
+        dtype = self._width(column, values)
+        if self.capacity is None:
+            self.parts[column].append(values.astype(dtype, copy=False))
+        else:
+            self._target(column, dtype, len(values))[:] = values
+
+    def add_taken(self, sources: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Add rows given per column as ``(source, index)``: the column's new values are ``source[index]``.
+
+        With preallocated arrays the values are taken straight into them (no long temporary per column):
+        a 400k-iteration layers table is ~2*10^8 rows, and every fresh page costs.
+        """
+        n = len(next(iter(sources.values()))[1])
         for column in self.columns:
-            self._store(column, arrays[column])
+            source, index = sources[column]
+            dtype = self._width(column, source)
+            if self.capacity is None:
+                self.parts[column].append(source.astype(dtype, copy=False)[index])
+            else:
+                np.take(source.astype(dtype, copy=False), index, out=self._target(column, dtype, n), mode="clip")
         self.filled += n
 
     def values_of(self, column: str, array: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -113,7 +155,8 @@ class ColumnGatherer:
                 codes, uniques = pd.factorize(frame[column].astype(str))
                 values = self.encode(column, list(uniques), codes)
             else:
-                values = frame[column].to_numpy(dtype=self.dtypes[column])
+                values = frame[column].to_numpy(dtype=np.int64 if len(self.ladders[column]) > 1
+                                                else self.dtypes[column])
             self._store(column, values)
         self.filled += len(frame)
 
@@ -123,8 +166,7 @@ class ColumnGatherer:
         for column in self.columns:
             if self.capacity is None:
                 parts = self.parts.pop(column)
-                dtype = _code_type(len(self.dictionaries.get(column, {}))) if column in self.names \
-                    else self.dtypes[column]
+                dtype = self._width(column, np.zeros(0))
                 values = np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
             else:
                 values = self.arrays.pop(column)[:self.filled]
@@ -144,5 +186,5 @@ class ColumnGatherer:
 def gatherer(table: str, columns: Sequence[str] | None = None, capacity: int | None = None) -> ColumnGatherer:
     """An empty :class:`ColumnGatherer` for ``table``'s columns and dtypes."""
     chosen = list(COLUMNS[table] if columns is None else columns)
-    dtypes = {c: INT_COLUMNS.get(c, "float64") for c in chosen if c not in NAME_COLUMNS[table]}
+    dtypes = {c: READ_INT_DTYPES.get(c, "float64") for c in chosen if c not in NAME_COLUMNS[table]}
     return ColumnGatherer(chosen, NAME_COLUMNS[table], dtypes, capacity)

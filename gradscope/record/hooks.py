@@ -19,7 +19,7 @@ from torch.utils.hooks import RemovableHandle
 
 from gradscope.record.buffer import StepBuffer
 from gradscope.record.families import FAMILIES
-from gradscope.record.layers import Layer
+from gradscope.record.layers import Layer, ParamTarget
 
 
 def hooked_quantities(want: set[str]) -> set[str]:
@@ -57,7 +57,7 @@ class Observer:
         self.weff_grads: dict[int, Tensor] = {}
         self.grad_seen: set[int] = set()
         self.snapshots: dict[int, Tensor] = {}
-        self.snapshotted: set[str] = set()
+        self.to_copy: dict[str, list[ParamTarget]] = {}  # per net, the parameters not copied yet this step
         self.active: set[str] = set()
         self.inputs: dict[str, Tensor] = {}
         self.per_sample_output: dict[str, bool] = {}
@@ -96,7 +96,7 @@ class Observer:
         self.weff_grads = {}
         self.grad_seen = set()
         self.snapshots = {}
-        self.snapshotted = set()
+        self.to_copy = {}
         self.active = set()
         self.inputs = {}
 
@@ -132,13 +132,22 @@ class Observer:
                 self.on_order(net)
 
     def _snapshot(self, net: str) -> None:
-        """Copy the net's parameters once per recorded step, before its optimizer moves them."""
-        if not self.snapshot or net in self.snapshotted:
+        """Copy the net's trainable parameters once per recorded step, before its optimizer moves them.
+
+        A parameter that does not require a gradient in this forward (a net used as a fixed function, as D
+        in the generator's update) gets no update from it and is not copied; a later forward may still.
+        """
+        if not self.snapshot or not self.to_copy.get(net, True):
             return
-        self.snapshotted.add(net)
-        for layer in self.layers[net]:
-            for param in layer.params:
+        params = self.to_copy.get(net)
+        if params is None:
+            params = [param for layer in self.layers[net] for param in layer.params]
+        self.to_copy[net] = []
+        for param in params:
+            if param.tensor.requires_grad:
                 self.snapshots[param.uid] = param.tensor.detach().clone()
+            else:
+                self.to_copy[net].append(param)
 
     # --- layer level -------------------------------------------------------------------------------
     def _layer_pre(self, layer: Layer, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:

@@ -7,8 +7,10 @@ damaged chunk is skipped with a warning that names it.
 """
 from __future__ import annotations
 
+import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +34,25 @@ from gradscope.record.wide import (
 def _warn_unreadable(path: Path, exc: Exception) -> None:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     warnings.warn(f"skipping unreadable chunk {path}: {reason}", stacklevel=5)
+
+
+@contextmanager
+def reading_allocator() -> Iterator[None]:
+    """Arrow's system allocator for the duration of a read, unless ``ARROW_DEFAULT_MEMORY_POOL`` chose one.
+
+    Reading a 40k-iteration layers table (19M rows) took 2-5 s of system time in page faults with the
+    default mimalloc pool on the 2-core machines here, against 0.1-0.3 s with the system allocator. Buffers
+    keep the pool that made them, so switching back afterwards is safe.
+    """
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        yield
+        return
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
 
 
 def _parquet_format() -> ds.ParquetFileFormat:
@@ -221,7 +242,8 @@ def read_rows(folder: Path, table: str, where: RowFilter | None = None,
         gather = gatherer(table, chosen)
         for frame in frames:
             gather.add_frame(frame)
-    gather = _scan_parquet([p for p in files if p.suffix == ".parquet"], table, chosen, where, gather)
+    with reading_allocator():
+        gather = _scan_parquet([p for p in files if p.suffix == ".parquet"], table, chosen, where, gather)
     return gather.frame()
 
 

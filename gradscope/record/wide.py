@@ -100,21 +100,23 @@ def add_wide_batch(gather: ColumnGatherer, batch: pa.RecordBatch | pa.Table, sta
     if not n or not k:
         return
     names = batch.schema.names
-    values = np.full((n, k), np.nan, dtype=np.float64)
-    present = np.zeros((n, k), dtype=bool)
+    values = np.empty((n, k), dtype=np.float64)
+    present = np.empty((n, k), dtype=bool)
     for j, stat in enumerate(stats):
         if stat_column(stat) in names:
             array = _plain(batch.column(stat_column(stat)))
-            values[:, j] = array.to_numpy(zero_copy_only=False)
+            values[:, j] = array.to_numpy(zero_copy_only=False)  # nulls come as NaN
             present[:, j] = array.is_valid().to_numpy(zero_copy_only=False)
-    counts = present.sum(axis=1)
-    flat = np.flatnonzero(present.ravel())
-    arrays: dict[str, np.ndarray] = {}
+        else:
+            values[:, j], present[:, j] = np.nan, False
+    flat = np.flatnonzero(present.ravel())  # positions in the (key row, statistic) order of the long rows
+    sources: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if "value" in gather.columns:
+        sources["value"] = (values.ravel(), flat)
+    if "stat" in gather.columns:
+        sources["stat"] = (gather.encode("stat", list(stats), np.arange(k)), flat % k)
+    rows = flat // k  # the key row of each value
     for column in KEYS:
         if column in gather.columns:
-            arrays[column] = np.repeat(gather.values_of(column, batch.column(column)), counts)
-    if "stat" in gather.columns:
-        arrays["stat"] = gather.encode("stat", list(stats), flat % k)
-    if "value" in gather.columns:
-        arrays["value"] = values.ravel()[flat]
-    gather.add_arrays(arrays)
+            sources[column] = (gather.values_of(column, batch.column(column)), rows)
+    gather.add_taken(sources)
