@@ -5,6 +5,7 @@ import copy
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -321,6 +322,35 @@ def test_hooks_do_no_work_on_unscheduled_steps() -> None:
     # After the first step the recorder knows the loop has one phase and collects only for steps 4k.
     assert [s > 0 for s in sizes[2:]] == [False, False, True, False, False, False]
     assert sorted(set(rec.run().layers["step"])) == [0, 4]
+
+
+@pytest.mark.parametrize("budget", [1, 10**12])
+def test_collecting_layer_by_layer_or_all_at_once_records_the_same_rows(monkeypatch, budget) -> None:
+    # On the CPU the families run chunk by chunk of layers (cache reuse); the rows must not depend on the
+    # chunking: tied weights across chunks, per-parameter and per-operator statistics, exact and Hessian steps.
+    import gradscope.record.recorder as recorder_module
+    from gradscope.record.layers import cache_sized_chunks
+
+    def run(chunk_budget: int):
+        monkeypatch.setattr(recorder_module, "cache_sized_chunks",
+                            lambda layers, device: cache_sized_chunks(layers, device, budget=chunk_budget))
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(),
+                              nn.Linear(8, 1)).to(DT)
+        model[4].weight = model[2].weight  # tied: one parameter, two layers (and chunks)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        rec = Recorder(model, exact_every=2, hessian_every=3, alerts=[]).attach()
+        for step in range(4):
+            opt.zero_grad()
+            model(torch.randn(5, 6, dtype=DT)).pow(2).mean().backward()
+            opt.step()
+            rec.step(step)
+        return rec.run().layers
+
+    one_by_one, together = run(budget), run(10**12)
+    assert len(one_by_one) and set(one_by_one["stat"]) >= {"param_norm", "sigma_fwd", "sigma_op", "hessian_top",
+                                                          "sigma_raw_fwd", "grad_w_raw_norm"}
+    pd.testing.assert_frame_equal(one_by_one, together)
 
 
 def test_detach_removes_every_hook() -> None:

@@ -41,7 +41,11 @@ Derived = dict[str, tuple[np.ndarray, np.ndarray]]
 
 @dataclass
 class StepContext:
-    """What a family's ``collect`` sees at ``Recorder.step``."""
+    """What a family's ``collect`` sees at ``Recorder.step``.
+
+    ``layers`` is one chunk of the step's layers (see :func:`gradscope.record.layers.cache_sized_chunks`):
+    ``collect`` runs once per chunk and must add values for these layers' targets only.
+    """
 
     buffer: StepBuffer
     layers: Sequence[Layer]
@@ -349,8 +353,10 @@ EXACT_NORMS = Family(
 
 
 def _collect_hessian(ctx: StepContext) -> None:
-    for uid, value in ctx.hessian().items():
-        ctx.buffer.add(uid, "hessian_top", value)
+    values = ctx.hessian()  # one probe per step, shared by every chunk of layers: each adds its own operators
+    for op in _operators(ctx):
+        if op.uid in values:
+            ctx.buffer.add(op.uid, "hessian_top", values[op.uid])
 
 
 HESSIAN_TOP = Family(

@@ -21,10 +21,11 @@ weight the recorder cannot read as an operator is listed once, with the reason.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -298,6 +299,39 @@ def discover_layers(models: Mapping[str, nn.Module]) -> dict[str, list[Layer]]:
     if unread:
         warnings.warn("gradscope.Recorder: " + "; ".join(unread), stacklevel=3)
     return found
+
+
+#: Parameter bytes per chunk of layers collected together on the CPU: the weights, their gradients and
+#: the update snapshots of a chunk (about 3x this) stay in a 1 MiB L2 cache between the families' passes.
+CPU_CHUNK_BYTES = 256 * 1024
+
+
+def cache_sized_chunks(layers: Sequence[Layer], device: torch.device,
+                       budget: int = CPU_CHUNK_BYTES) -> list[list[Layer]]:
+    """``layers`` in consecutive groups of at most ``budget`` parameter bytes (a larger layer alone).
+
+    Each statistic family reads every weight once per recorded step. On the CPU, running all families
+    on one group before the next keeps a group's tensors in cache between them, instead of streaming
+    every weight from memory once per family. On an accelerator one group keeps each family to a few
+    batched kernels.
+
+    >>> lin = [Layer("m", str(i), nn.Linear(64, 64), i, i, False, None, False) for i in range(3)]
+    >>> for layer in lin: layer.params = [ParamTarget(layer, "weight", layer.module.weight, 10 + layer.uid)]
+    >>> [len(chunk) for chunk in cache_sized_chunks(lin, torch.device("cpu"), budget=40_000)]  # 16 kB each
+    [2, 1]
+    """
+    if device.type != "cpu":
+        return [list(layers)] if layers else []
+    chunks: list[list[Layer]] = []
+    used = budget
+    for layer in layers:
+        size = sum(p.tensor.numel() * p.tensor.element_size() for p in layer.params)
+        if used + size > budget:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(layer)
+        used += size
+    return chunks
 
 
 def all_targets(layers: Mapping[str, list[Layer]]) -> list[Any]:

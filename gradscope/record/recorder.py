@@ -1,6 +1,7 @@
 """``Recorder``: watch any PyTorch model while it trains and store what it saw."""
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from gradscope.record.alerts import DEFAULT_RULES, AlertMonitor, AlertRule, prin
 from gradscope.record.buffer import PackedStep, StepBuffer
 from gradscope.record.families import FAMILIES, StepContext
 from gradscope.record.hooks import Observer
-from gradscope.record.layers import Layer, check_name, discover_layers, normalize_models
+from gradscope.record.layers import Layer, cache_sized_chunks, check_name, discover_layers, normalize_models
 from gradscope.record.outbox import Outbox, scalar_batches
 from gradscope.record.probes import hessian_norms, input_gradient_norms
 from gradscope.record.reader import Run
@@ -259,12 +260,15 @@ class Recorder:
             for kind, values in self._slopes:
                 names = [template.format(kind=kind) for template in SLOPE_SCALARS]
                 self.outbox.add_scalars(step, names, values)
-        context = StepContext(buffer, layers, self._want, exact, self.observer.weff_grads, self.observer.grad_seen,
-                              self.observer.snapshots, operator_due=self.schedule.operator_due(step),
-                              hessian=lambda: self._hessian_values(nets))
-        for family in FAMILIES:
-            if family.collect is not None and family.due(cheap, exact, hessian) and context.wants(family):
-                family.collect(context)
+        hessian_values = functools.cache(lambda: self._hessian_values(nets))  # one probe for every chunk
+        families = [family for family in FAMILIES if family.collect is not None and family.due(cheap, exact, hessian)]
+        for chunk in cache_sized_chunks(layers, self._device()):
+            context = StepContext(buffer, chunk, self._want, exact, self.observer.weff_grads,
+                                  self.observer.grad_seen, self.observer.snapshots,
+                                  operator_due=self.schedule.operator_due(step), hessian=hessian_values)
+            for family in families:
+                if context.wants(family):
+                    family.collect(context)
         if len(buffer):
             self.outbox.add_step(PackedStep(step, phase, tuple(nets), buffer.pack(), dict(buffer.counts)))
 
