@@ -19,7 +19,7 @@ from torch.utils.hooks import RemovableHandle
 
 from gradscope.record.buffer import StepBuffer
 from gradscope.record.families import FAMILIES
-from gradscope.record.layers import Layer, ParamTarget
+from gradscope.record.layers import Layer
 
 
 def hooked_quantities(want: set[str]) -> set[str]:
@@ -57,7 +57,7 @@ class Observer:
         self.weff_grads: dict[int, Tensor] = {}
         self.grad_seen: set[int] = set()
         self.snapshots: dict[int, Tensor] = {}
-        self.to_copy: dict[str, list[ParamTarget]] = {}  # per net, the parameters not copied yet this step
+        self.copied: set[int] = set()  # layers whose parameters are all copied this step
         self.active: set[str] = set()
         self.inputs: dict[str, Tensor] = {}
         self.per_sample_output: dict[str, bool] = {}
@@ -96,7 +96,7 @@ class Observer:
         self.weff_grads = {}
         self.grad_seen = set()
         self.snapshots = {}
-        self.to_copy = {}
+        self.copied = set()
         self.active = set()
         self.inputs = {}
 
@@ -112,14 +112,14 @@ class Observer:
         if not torch.is_grad_enabled():
             return
         self.active.add(net)
-        if self._recording():
-            self._snapshot(net)
         if self.capture_inputs and net not in self.inputs and args and isinstance(args[0], Tensor):
             self.inputs[net] = args[0].detach()
 
     def _root_post(self, net: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if self.suspended:
             return
+        if self.snapshot and self._recording():  # parameters used outside their own module's forward
+            self._snapshot(self.layers[net])
         if net not in self.per_sample_output and isinstance(output, Tensor) and output.ndim >= 1:
             self.per_sample_output[net] = output.numel() == output.shape[0]
         if net not in self.order_known and self._seen.get(net):
@@ -131,23 +131,26 @@ class Observer:
             if self.on_order is not None:
                 self.on_order(net)
 
-    def _snapshot(self, net: str) -> None:
-        """Copy the net's trainable parameters once per recorded step, before its optimizer moves them.
+    def _snapshot(self, layers: list[Layer]) -> None:
+        """Copy the layers' trainable parameters once per recorded step, before the optimizer moves them.
 
-        A parameter that does not require a gradient in this forward (a net used as a fixed function, as D
-        in the generator's update) gets no update from it and is not copied; a later forward may still.
+        Called after each layer's forward, while its weights are still in cache. A parameter that does not
+        require a gradient in this forward (a net used as a fixed function, as D in the generator's update)
+        gets no update from it and is not copied; a later forward may still.
         """
-        if not self.snapshot or not self.to_copy.get(net, True):
-            return
-        params = self.to_copy.get(net)
-        if params is None:
-            params = [param for layer in self.layers[net] for param in layer.params]
-        self.to_copy[net] = []
-        for param in params:
-            if param.tensor.requires_grad:
-                self.snapshots[param.uid] = param.tensor.detach().clone()
-            else:
-                self.to_copy[net].append(param)
+        for layer in layers:
+            if layer.uid in self.copied:
+                continue
+            done = True
+            for param in layer.params:
+                if param.uid in self.snapshots:
+                    continue
+                if param.tensor.requires_grad:
+                    self.snapshots[param.uid] = param.tensor.detach().clone()
+                else:
+                    done = False
+            if done:
+                self.copied.add(layer.uid)
 
     # --- layer level -------------------------------------------------------------------------------
     def _layer_pre(self, layer: Layer, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
@@ -176,7 +179,8 @@ class Observer:
         # A net counts as run when any of its layers ran (a LightningModule's training_step may call
         # its children without ever calling the module itself).
         self.active.add(layer.net)
-        self._snapshot(layer.net)
+        if self.snapshot:
+            self._snapshot([layer])
         if self.act_in and x is not None:
             self.buffer.add_sums(layer.uid, "act_in", x)
         if output is None:

@@ -20,6 +20,7 @@ weight the recorder cannot read as an operator is listed once, with the reason.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,9 @@ class ParamTarget(_PartOfLayer):
     tensor_name: str
     tensor: nn.Parameter
     uid: int
+    # The uid of an operator of the same layer whose matrix is this whole parameter and whose weight
+    # moments are recorded anyway (LeCun ratios): the parameter's norm is read off them (NaN: none).
+    norm_operator: float = math.nan
 
     @property
     def name(self) -> str:
@@ -289,8 +293,12 @@ def discover_layers(models: Mapping[str, nn.Module]) -> dict[str, list[Layer]]:
                 weight = module_tensor(module, op.param).detach()
                 matrix = op.matrix(weight)
                 whole = matrix.numel() == weight.numel()
-                layer.operators.append(OperatorTarget(layer, op, uid, param_uids.get(op.param, -1),
-                                                      _fan_in(module, op, matrix), WarmSpectral(seed=uid), whole))
+                target = OperatorTarget(layer, op, uid, param_uids.get(op.param, -1), _fan_in(module, op, matrix),
+                                        WarmSpectral(seed=uid), whole)
+                layer.operators.append(target)
+                for owned in layer.params:
+                    if whole and target.lecun and owned.uid == target.param_uid and math.isnan(owned.norm_operator):
+                        owned.norm_operator = float(target.uid)
                 uid += 1
             layers.append(layer)
         if not layers:
