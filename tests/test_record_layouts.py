@@ -254,3 +254,26 @@ def test_a_zero_parameter_that_does_not_move_has_update_ratio_zero_and_raises_no
     assert ratio.tolist() == [0.0, 0.0, 0.0] and printed == []
     moved = table[(table["stat"] == "param_update_ratio") & (table["layer"] == "2.weight")]["value"]
     assert (moved > 0).all()
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_gradient_norms_are_those_of_the_final_gradients_after_accumulation_and_clipping(clip):
+    # On the CPU the norms are taken as each gradient is accumulated (while it is in cache); a second
+    # accumulation or clipping in place before step() must make them be taken again.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    rec = Recorder(model, alerts=[], stats=["param_grad_norm", "grad_w_raw_norm"]).attach()
+    for step in range(2):
+        model.zero_grad()
+        for _ in range(2):  # gradient accumulation
+            model(torch.randn(4, 3, dtype=torch.float64)).pow(2).sum().backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)
+        expect = {f"{i}.{name}": float(p.grad.norm()) for i in (0, 2) for name, p in model[i].named_parameters()}
+        rec.step(step)
+    table = rec.run().layers
+    last = table[table["step"] == 1]
+    got = last[last["stat"] == "param_grad_norm"].set_index("layer")["value"].to_dict()
+    assert got == pytest.approx(expect, rel=1e-12)
+    ops = last[last["stat"] == "grad_w_raw_norm"].set_index("layer")["value"].to_dict()
+    assert ops == pytest.approx({"0": expect["0.weight"], "2": expect["2.weight"]}, rel=1e-12)

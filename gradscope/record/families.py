@@ -56,6 +56,8 @@ class StepContext:
     snapshots: Mapping[int, Tensor]
     operator_due: bool = True
     hessian: Callable[[], Mapping[int, Tensor]] = field(default=lambda: {})
+    #: Gradient norms taken as each gradient was accumulated: (the .grad then, its version, the norm).
+    early_grad_norms: Mapping[int, tuple[Callable[[], Tensor | None], int, Tensor]] = field(default_factory=dict)
 
     _grad_norms: dict[int, Tensor] | None = field(default=None, repr=False)
 
@@ -67,10 +69,17 @@ class StepContext:
         """``||p.grad||`` by parameter uid for the parameters that received a gradient this step (one
         ``_foreach_norm``, shared by the per-parameter and the per-operator statistics)."""
         if self._grad_norms is None:
-            with_grad = [p for layer in self.layers for p in layer.params
-                         if p.uid in self.grad_seen and p.tensor.grad is not None]
-            norms = torch._foreach_norm([p.tensor.grad.detach() for p in with_grad]) if with_grad else []
-            self._grad_norms = {p.uid: norm for p, norm in zip(with_grad, norms)}
+            self._grad_norms, stale = {}, []
+            for p in (p for layer in self.layers for p in layer.params if p.uid in self.grad_seen):
+                grad, early = p.tensor.grad, self.early_grad_norms.get(p.uid)
+                if grad is None:
+                    continue
+                if early is not None and early[0]() is grad and early[1] == grad._version:
+                    self._grad_norms[p.uid] = early[2]
+                else:
+                    stale.append(p)
+            norms = torch._foreach_norm([p.tensor.grad.detach() for p in stale]) if stale else []
+            self._grad_norms.update((p.uid, norm) for p, norm in zip(stale, norms))
         return self._grad_norms
 
 

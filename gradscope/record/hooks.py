@@ -9,6 +9,7 @@ and the recorder's own probes (``suspended``) are ignored.
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
@@ -56,6 +57,8 @@ class Observer:
         self.buffer = StepBuffer()
         self.weff_grads: dict[int, Tensor] = {}
         self.grad_seen: set[int] = set()
+        self.hot_grad_norms = bool(want & {"param_grad_norm", "grad_w_raw_norm"})
+        self.grad_norms: dict[int, tuple[weakref.ref, int, Tensor]] = {}
         self.snapshots: dict[int, Tensor] = {}
         self.copied: set[int] = set()  # layers whose parameters are all copied this step
         self.active: set[str] = set()
@@ -95,6 +98,7 @@ class Observer:
         self.buffer = StepBuffer()
         self.weff_grads = {}
         self.grad_seen = set()
+        self.grad_norms = {}
         self.snapshots = {}
         self.copied = set()
         self.active = set()
@@ -206,8 +210,15 @@ class Observer:
     def _accumulated(self, uid: int, param: Tensor) -> None:
         # Only a weight that received a gradient in this step has a .grad worth recording
         # (a frozen or untouched weight may still hold the previous step's).
-        if not self.suspended:
-            self.grad_seen.add(uid)
+        if self.suspended:
+            return
+        self.grad_seen.add(uid)
+        grad = param.grad
+        if self.hot_grad_norms and self.armed and grad is not None and grad.device.type == "cpu":
+            # Just written, so in cache: its norm now costs a fraction of a read from memory at step().
+            # Kept with the tensor's identity and version: clipping or another accumulation before step()
+            # makes it stale, and step() computes it again.
+            self.grad_norms[uid] = (weakref.ref(grad), grad._version, torch.linalg.vector_norm(grad.detach()))
 
     def _effective_gradient(self, uid: int, grad: Tensor) -> None:
         if self.suspended:

@@ -15,7 +15,13 @@ from gradscope.record.alerts import DEFAULT_RULES, AlertMonitor, AlertRule, prin
 from gradscope.record.buffer import PackedStep, StepBuffer
 from gradscope.record.families import FAMILIES, StepContext
 from gradscope.record.hooks import Observer
-from gradscope.record.layers import Layer, cache_sized_chunks, check_name, discover_layers, normalize_models
+from gradscope.record.layers import (
+    Layer,
+    cache_sized_chunks,
+    check_name,
+    discover_layers,
+    normalize_models,
+)
 from gradscope.record.outbox import Outbox, scalar_batches
 from gradscope.record.probes import hessian_norms, input_gradient_norms
 from gradscope.record.reader import Run
@@ -265,7 +271,8 @@ class Recorder:
         for chunk in cache_sized_chunks(layers, self._device()):
             context = StepContext(buffer, chunk, self._want, exact, self.observer.weff_grads,
                                   self.observer.grad_seen, self.observer.snapshots,
-                                  operator_due=self.schedule.operator_due(step), hessian=hessian_values)
+                                  operator_due=self.schedule.operator_due(step), hessian=hessian_values,
+                                  early_grad_norms=self.observer.grad_norms)
             for family in families:
                 if context.wants(family):
                     family.collect(context)
