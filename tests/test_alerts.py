@@ -8,12 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from record_helpers import train_two_phases
 from torch import nn
 
 from gradscope.record import DEFAULT_RULES, AlertRule, Recorder, RunWriter, load_run
 from gradscope.record.alerts import AlertMonitor
-
-from record_helpers import train_two_phases
 
 LAYERS = ["l0", "l1", "l2", "l3", "l4"]
 
@@ -245,3 +244,53 @@ def test_alert_rows_without_layers_read_back_with_their_one_layer(tmp_path) -> N
     writer.flush()
     alerts = load_run(tmp_path / "run").alerts
     assert alerts["layers"].tolist() == [["fc"], [], ["a", "b"]]
+
+
+# --- the skips for steps where nothing can change (all finite, no streak open) -------------------------------
+def test_a_non_finite_value_after_many_finite_steps_fires_and_a_closed_streak_starts_over() -> None:
+    nf = AlertRule("nf", "non_finite", "*", patience=3, cooldown=1)
+    monitor = AlertMonitor([nf, DEFAULT_RULES[-1]], None)
+    series = noisy(90, seed=4)
+
+    def step(s: int, bad: dict[str, float] | None = None) -> list[dict]:
+        values = dict(zip(LAYERS, series[s]))
+        return monitor.check_layers(s, "d", concat(columns({**values, **(bad or {})}),
+                                                   columns({"g0": 1.0, "g1": 2.0}, net="G")))
+
+    assert [e for s in range(50) for e in step(s)] == []  # 50 finite steps: skipped, nothing stored
+    assert monitor.streaks == {}
+    events = step(50, {"l2": float("nan")})
+    assert [(e["rule"], e["net"], e["layers"], e["stat"]) for e in events] == [
+        ("non_finite", "D", ["l2"], "grad_out_norm")]
+    assert events[0]["message"] == "step 50 (d) D: 1 of 5 layers (l2), grad_out_norm not finite (nan) [non_finite]"
+    assert monitor.streaks == {("nf", "d", "D", "l2"): 1, ("non_finite", "d", "D", "l2"): 1}
+    assert step(51, {"l2": float("inf")}) == []  # nf: 2 of 3; non_finite: cooling down
+    assert monitor.streaks[("nf", "d", "D", "l2")] == 2
+    # A finite step ends the open streaks, although every value is finite (no skip while one is open).
+    assert step(52) == [] and monitor.streaks == {}
+    # Two more non-finite steps are not enough: the closed streak starts again from 0.
+    assert step(53, {"l2": float("nan")}) == [] and step(54, {"l2": float("nan")}) == []
+    third = step(55, {"l2": float("nan"), "l4": -float("inf")})
+    assert [(e["rule"], e["step"], e["layers"]) for e in third] == [("nf", 55, ["l2"])]  # l4: 1 of 3
+    # A state saved with a streak open resumes it, and a finite step closes it there too.
+    restored = AlertMonitor([nf, DEFAULT_RULES[-1]], None)
+    restored.load_state_dict(json.loads(json.dumps(monitor.state_dict())))
+    monitor = restored
+    assert step(56, {"l4": float("nan")}) == []  # l4: 2 of 3; l2's open streak ends
+    assert set(monitor.streaks) == {("nf", "d", "D", "l4"), ("non_finite", "d", "D", "l4")}
+    assert [e["layers"] for e in step(57, {"l4": float("nan")})] == [["l4"]]
+    assert step(58) == [] and monitor.streaks == {} and step(59) == []
+
+
+def test_a_median_streak_that_was_open_is_closed_by_a_recovered_value() -> None:
+    series = noisy(80, seed=5)
+    series[40:43, 1] /= 1e4   # 3 low steps, then recovery: no event with patience 5
+    series[50:55, 1] /= 1e4   # 5 low steps: one event at the 5th
+    monitor = AlertMonitor(DEFAULT_RULES, None)
+    events = feed(monitor, series, range(43))
+    assert events == [] and monitor.streaks == {("vanishing_gradient", "d", "D", "l1"): 3}
+    events += feed(monitor, series, range(43, 50))
+    assert events == [] and monitor.streaks == {}
+    events += feed(monitor, series, range(50, 80))
+    assert [(e["rule"], e["step"], e["layers"]) for e in events] == [("vanishing_gradient", 54, ["l1"])]
+    assert "for 5 recorded steps" in events[0]["message"]

@@ -1,5 +1,8 @@
 """Alerts: rules that flag vanishing, exploding and non-finite values while a model trains.
 
+The rules themselves are plain data (:mod:`gradscope.record.alert_rules`, re-exported here); this
+module checks them.
+
 Rules are checked on the host when recorded values arrive there (at each
 flush), step by step in order; every piece of state advances per recorded step,
 so the alerts do not depend on when flushes happen. A rule compares each
@@ -12,118 +15,27 @@ steps.
 from __future__ import annotations
 
 import math
-import statistics
 import sys
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
-from itertools import islice
+from dataclasses import asdict
+from itertools import chain, islice
 from typing import Any
 
 import numpy as np
 
-from gradscope._checks import check_choice, check_int_at_least, check_positive
-from gradscope.record.stats import STATS
+from gradscope.record.alert_rules import (  # noqa: F401 (re-exported)
+    ANY_STAT,
+    DEFAULT_RULES,
+    LEGACY_KINDS,
+    RULE_KINDS,
+    AlertRule,
+)
 
-RULE_KINDS: tuple[str, ...] = ("below_median", "above_median", "first_last_ratio", "non_finite",
-                               "below_first", "above_first")
-#: Kinds kept so that rules written by older gradscope versions still load and behave as they did.
-LEGACY_KINDS: tuple[str, ...] = ("below_first", "above_first")
-ANY_STAT = "*"
 #: Version of :meth:`AlertMonitor.state_dict`; states without it come from gradscope before running medians.
 STATE_VERSION = 2
 _MEDIAN_KINDS = ("below_median", "above_median")
-
-
-@dataclass(frozen=True)
-class AlertRule:
-    """One alert rule (plain data: ``AlertRule(**dataclasses.asdict(rule)) == rule``).
-
-    Parameters
-    ----------
-    name : str
-        Identifier stored with each alert.
-    kind : str
-        ``"below_median"`` (vanishing): the value falls below ``reference /
-        factor``, where ``reference`` is the median of the series' last
-        ``window`` recorded finite values (the current one excluded);
-        ``"above_median"`` (exploding): it rises above ``reference * factor``;
-        ``"first_last_ratio"``: the statistic of a net's first layer (lowest
-        ``layer_index``) divided by that of its last layer leaves ``[1 / factor,
-        factor]``; ``"non_finite"``: a value is NaN or infinite (``stat="*"``:
-        every statistic and every scalar). Legacy ``"below_first"`` /
-        ``"above_first"`` compare with the series' first positive finite value
-        and fire at most once per layer (``window``, ``min_history``,
-        ``patience`` and ``cooldown`` do not apply to them).
-    stat : str
-        A name from :data:`gradscope.record.STATS`, or ``"*"`` for ``non_finite``.
-    factor : float
-        Threshold multiple, > 1 (ignored by ``non_finite``).
-    window : int
-        Recorded values in the running median (>= 1).
-    min_history : int
-        Recorded values a series needs before a median rule can fire (1 to ``window``).
-    patience : int
-        Consecutive recorded steps a layer must meet the condition before it counts (>= 1).
-    cooldown : int
-        Training steps during which the rule stays quiet for a net after an event (>= 1).
-
-    Examples
-    --------
-    >>> rule = AlertRule("vanishing", "below_median", "grad_in_norm", factor=100.0, patience=3)
-    >>> rule.factor, rule.window
-    (100.0, 20)
-    >>> AlertRule("x", "sideways")
-    Traceback (most recent call last):
-    ...
-    ValueError: unknown alert rule kind 'sideways'; valid choices: 'below_median', 'above_median', \
-'first_last_ratio', 'non_finite', 'below_first', 'above_first'
-    """
-
-    name: str
-    kind: str
-    stat: str = "grad_out_norm"
-    factor: float = 1e3
-    window: int = 20
-    min_history: int = 10
-    patience: int = 1
-    cooldown: int = 1000
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"alert rule name must be a non-empty string, got {self.name!r}")
-        check_choice("alert rule kind", self.kind, RULE_KINDS)
-        if self.stat != ANY_STAT or self.kind != "non_finite":
-            check_choice("alert rule stat", self.stat, STATS)
-        if isinstance(self.factor, bool):
-            raise ValueError(f"alert rule factor must be a number, got {self.factor!r}")
-        check_positive("alert rule factor", self.factor)
-        if self.kind != "non_finite" and self.factor <= 1:
-            raise ValueError(f"alert rule factor must be > 1, got {self.factor!r}")
-        object.__setattr__(self, "factor", float(self.factor))  # stored dicts read the same for 100 and 100.0
-        check_int_at_least("alert rule window", self.window, 1)
-        check_int_at_least("alert rule min_history", self.min_history, 1)
-        if self.min_history > self.window:
-            raise ValueError(f"alert rule min_history must be <= window ({self.window}), got {self.min_history}")
-        check_int_at_least("alert rule patience", self.patience, 1)
-        check_int_at_least("alert rule cooldown", self.cooldown, 1)
-
-
-#: The rules used when ``Recorder(alerts=None)``. Factors are 1e3: in a healthy SN-DCGAN on mnist
-#: (300 steps) a layer's gradient norm strays at most ~30x above and ~5x below its running median
-#: (early growth and minibatch noise), so 1e3 leaves a > 30x margin and still flags three orders of
-#: magnitude. Vanishing needs 5 consecutive recorded steps: hinge-loss D steps with an exactly zero
-#: gradient (every sample beyond the margin) come singly or in short runs and are not a vanishing
-#: gradient; at a 10 % rate of such steps, 5 in a row by chance is ~1e-5 per step. The first/last
-#: ratio keeps 1e4 (healthy D: < 1e2 across depth). The cooldown (1000 steps) re-reports a condition
-#: that persists instead of once per recorded step.
-DEFAULT_RULES: tuple[AlertRule, ...] = (
-    AlertRule("vanishing_gradient", "below_median", "grad_out_norm", 1e3, patience=5),
-    AlertRule("exploding_gradient", "above_median", "grad_out_norm", 1e3),
-    AlertRule("gradient_ratio", "first_last_ratio", "grad_out_norm", 1e4),
-    AlertRule("non_finite", "non_finite", ANY_STAT),
-)
 
 
 def print_alert(message: str) -> None:
@@ -192,6 +104,17 @@ class AlertMonitor:
         self.latched: set[tuple[str, str, str]] = set()                    # legacy (rule, net, layer)
         self.latest: str | None = None
         self._latest_key: tuple[int, str] | None = None
+        self._count_open()
+
+    def _count_open(self) -> None:
+        """Recount the open streaks per (rule, phase, net) from :attr:`streaks` (kept up by :meth:`_streak`).
+
+        A (rule, net) with no open streak and no row meeting its condition changes nothing when checked,
+        so :meth:`check_layers` skips it without visiting its layers one by one.
+        """
+        self._open: dict[tuple[str, str, str], int] = {}
+        for key in self.streaks:
+            self._open[key[:3]] = self._open.get(key[:3], 0) + 1
 
     # --- checking -----------------------------------------------------------------------------------
     def check_layers(self, step: int, phase: str, columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -199,61 +122,144 @@ class AlertMonitor:
         out: list[dict[str, Any]] = []
         nets, layers, stats = columns["net"], columns["layer"], columns["stat"]
         values, orders = np.asarray(columns["value"], dtype=np.float64), columns["layer_index"]
+        finite = np.isfinite(values)
+        rows_of: dict[str, np.ndarray] = {}                     # stat -> its rows ("*": all)
+        groups: dict[str, list[tuple[str, np.ndarray]]] = {}   # stat -> (net, its rows input to output)
+        series: dict[tuple[str, str], tuple[list[str], list[tuple[str, str, str, str]]]] = {}  # (stat, net)
+        references: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}  # (stat, net, window)
         for rule in self.rules:
-            rows = np.flatnonzero(stats == rule.stat) if rule.stat != ANY_STAT else np.arange(len(values))
-            for net in dict.fromkeys(nets[rows]):
-                mine = rows[nets[rows] == net]
-                mine = mine[np.argsort(orders[mine], kind="stable")]  # input to output
-                named = [(str(layers[i]), i) for i in mine]
+            if rule.stat not in rows_of:
+                rows_of[rule.stat] = self._rows(rule.stat, stats)
+            if rule.kind == "non_finite" and finite[rows_of[rule.stat]].all() and not self._opens(rule.name, phase):
+                continue  # all finite and no streak to end: every streak stays absent and nothing fires
+            if rule.stat not in groups:
+                groups[rule.stat] = self._groups(rows_of[rule.stat], nets, orders)
+            for net, mine in groups[rule.stat]:
                 if rule.kind == "non_finite":
-                    self._check_non_finite(out, rule, step, phase, str(net), named, stats, values)
+                    # The same skip per net: the non-finite value may be in another net.
+                    if self._open.get((rule.name, phase, net)) or not finite[mine].all():
+                        self._check_non_finite(out, rule, step, phase, net, [(str(layers[i]), i) for i in mine],
+                                               stats, values)
                 elif rule.kind == "first_last_ratio":
-                    self._check_ratio(out, rule, step, phase, str(net), named, values)
+                    self._check_ratio(out, rule, step, phase, net, layers, mine, values)
                 else:
-                    self._check_reference(out, rule, step, phase, str(net), named, values)
+                    if (rule.stat, net) not in series:
+                        names = [str(layers[i]) for i in mine]
+                        series[rule.stat, net] = names, [(phase, net, name, rule.stat) for name in names]
+                    names, keys = series[rule.stat, net]
+                    if rule.kind in LEGACY_KINDS:
+                        self._check_first(out, rule, step, phase, net, names, keys, values[mine])
+                        continue
+                    if (rule.stat, net, rule.window) not in references:
+                        references[rule.stat, net, rule.window] = self._medians(keys, rule.window)
+                    self._check_median(out, rule, step, phase, net, names, values[mine], finite[mine],
+                                       *references[rule.stat, net, rule.window])
         # References move only after every rule saw this step, so the current value never judges itself.
-        tracked = np.isin(stats, [*self._keep, *self._legacy_stats]) & np.isfinite(values)
-        for i in np.flatnonzero(tracked):
-            stat, value = str(stats[i]), float(values[i])
-            key = (phase, str(nets[i]), str(layers[i]), stat)
-            if stat in self._keep:
-                self.windows.setdefault(key, deque(maxlen=self._keep[stat])).append(value)
-            if stat in self._legacy_stats and key not in self.first and value > 0:
+        watched = [rows_of[stat] if stat in rows_of else self._rows(stat, stats)
+                   for stat in dict.fromkeys([*self._keep, *self._legacy_stats])]
+        tracked = np.sort(np.concatenate(watched)) if watched else np.zeros(0, dtype=np.int64)
+        tracked = tracked[finite[tracked]]  # row order, as the windows' insertion order is stored state
+        for stat, net, layer, value in zip(stats[tracked].tolist(), nets[tracked].tolist(),
+                                           layers[tracked].tolist(), values[tracked].tolist()):
+            key = (phase, str(net), str(layer), str(stat))
+            if key[3] in self._keep:
+                window = self.windows.get(key)
+                if window is None:
+                    window = self.windows[key] = deque(maxlen=self._keep[key[3]])
+                window.append(value)
+            if key[3] in self._legacy_stats and key not in self.first and value > 0:
                 self.first[key] = value
         return out
+
+    @staticmethod
+    def _rows(stat: str, stats: np.ndarray) -> np.ndarray:
+        """The rows of ``stat`` (``"*"``: every row)."""
+        return np.flatnonzero(stats == stat) if stat != ANY_STAT else np.arange(len(stats))
+
+    @staticmethod
+    def _groups(rows: np.ndarray, nets: np.ndarray, orders: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """``rows`` per net, nets in order of appearance, each net's rows input to output."""
+        out = []
+        for net in dict.fromkeys(nets[rows]):
+            mine = rows[nets[rows] == net]
+            out.append((str(net), mine[np.argsort(orders[mine], kind="stable")]))
+        return out
+
+    def _opens(self, rule: str, phase: str) -> bool:
+        """Whether ``rule`` has an open streak in ``phase`` (in any net)."""
+        return any(key[0] == rule and key[1] == phase for key in self._open)
+
+    def _medians(self, keys: list[tuple[str, str, str, str]], window: int) -> tuple[np.ndarray, np.ndarray]:
+        """History lengths and running medians (NaN without history) of the series ``keys``.
+
+        Series of equal length are stacked and sorted at once; the middle value, or the two middle
+        values' sum halved, is bit for bit what :func:`statistics.median` returns.
+        """
+        histories = [self.windows.get(key, ()) for key in keys]
+        lengths = np.fromiter(map(len, histories), dtype=np.int64, count=len(histories))
+        used = np.minimum(lengths, window)
+        medians = np.full(len(keys), np.nan)
+        for w in np.unique(used[used > 0]).tolist():
+            idx = np.flatnonzero(used == w)
+            chosen = [histories[i] if len(histories[i]) == w else islice(histories[i], len(histories[i]) - w, None)
+                      for i in idx.tolist()]
+            block = np.fromiter(chain.from_iterable(chosen), dtype=np.float64, count=len(idx) * w).reshape(-1, w)
+            block.sort(axis=1)
+            middle = block[:, w // 2] if w % 2 else (block[:, w // 2 - 1] + block[:, w // 2]) / 2
+            medians[idx] = middle
+        return lengths, medians
 
     def _streak(self, key: tuple[str, str, str, str], met: bool) -> int:
         """Advance a (rule, phase, net, layer) streak; absent keys are 0 (keeps the state small)."""
         if not met:
-            self.streaks.pop(key, None)
+            if self.streaks.pop(key, None) is not None:
+                self._open[key[:3]] -= 1
+                if not self._open[key[:3]]:  # dropped at 0, so that no open streak is an empty dict
+                    del self._open[key[:3]]
             return 0
+        if key not in self.streaks:
+            self._open[key[:3]] = self._open.get(key[:3], 0) + 1
         self.streaks[key] = self.streaks.get(key, 0) + 1
         return self.streaks[key]
 
-    def _check_reference(self, out: list[dict[str, Any]], rule: AlertRule, step: int, phase: str, net: str,
-                         named: list[tuple[str, int]], values: np.ndarray) -> None:
+    def _check_median(self, out: list[dict[str, Any]], rule: AlertRule, step: int, phase: str, net: str,
+                      names: list[str], values: np.ndarray, finite: np.ndarray, lengths: np.ndarray,
+                      medians: np.ndarray) -> None:
+        """A running-median rule over one net's layers (``values`` etc. in ``names`` order)."""
+        below = rule.kind == "below_median"
+        ready = lengths >= rule.min_history
+        met = ready & finite & (medians > 0) & (  # NaN medians (no history) compare False
+            values < medians / rule.factor if below else values > medians * rule.factor)
+        if not met.any() and not self._open.get((rule.name, phase, net)):
+            return  # every streak stays absent: nothing to advance, nothing fires
+        hits: list[tuple[str, float, float]] = []  # (layer, value, reference)
+        for j, hit in enumerate(met.tolist()):
+            if self._streak((rule.name, phase, net, names[j]), hit) >= rule.patience:
+                hits.append((names[j], float(values[j]), float(medians[j])))
+        self._report(out, rule, step, phase, net, hits, len(names))
+
+    def _check_first(self, out: list[dict[str, Any]], rule: AlertRule, step: int, phase: str, net: str,
+                     names: list[str], keys: list[tuple[str, str, str, str]], values: np.ndarray) -> None:
+        """A legacy first-value rule (fires at most once per layer; no streaks)."""
+        below = rule.kind == "below_first"
+        hits: list[tuple[str, float, float]] = []
+        for layer, key, value in zip(names, keys, values.tolist()):
+            reference = self.first.get(key)
+            if reference is None or (rule.name, net, layer) in self.latched:
+                continue
+            if math.isfinite(value) and reference > 0 and (
+                    value < reference / rule.factor if below else value > reference * rule.factor):
+                hits.append((layer, value, reference))
+        if self._report(out, rule, step, phase, net, hits, len(names)):
+            self.latched.update((rule.name, net, h[0]) for h in hits)
+
+    def _report(self, out: list[dict[str, Any]], rule: AlertRule, step: int, phase: str, net: str,
+                hits: list[tuple[str, float, float]], total: int) -> bool:
+        """One event for the layers of a reference rule that tripped (True if emitted)."""
+        if not hits:
+            return False
         below = rule.kind in ("below_median", "below_first")
         legacy = rule.kind in LEGACY_KINDS
-        hits: list[tuple[str, float, float]] = []  # (layer, value, reference)
-        for layer, i in named:
-            value, key = float(values[i]), (phase, net, layer, rule.stat)
-            if legacy:
-                reference = self.first.get(key)
-                if reference is None or (rule.name, net, layer) in self.latched:
-                    continue
-            else:
-                history = self.windows.get(key, ())
-                if len(history) < rule.min_history:
-                    self._streak((rule.name, phase, net, layer), False)
-                    continue
-                reference = statistics.median(islice(history, max(0, len(history) - rule.window), None))
-            met = math.isfinite(value) and reference > 0 and (
-                value < reference / rule.factor if below else value > reference * rule.factor)
-            counts = met if legacy else self._streak((rule.name, phase, net, layer), met) >= rule.patience
-            if counts:
-                hits.append((layer, value, reference))
-        if not hits:
-            return
         if below:
             zeros = sum(value == 0 for _, value, _ in hits)
             drops = [ref / value for _, value, ref in hits if value > 0]
@@ -267,15 +273,14 @@ class AlertMonitor:
         lasting = f" for {rule.patience} recorded steps" if rule.patience > 1 and not legacy else ""
         names = [h[0] for h in hits]
         threshold = worst[2] / rule.factor if below else worst[2] * rule.factor
-        if self._emit(out, rule, step, phase, net, names, rule.stat, worst[1], threshold,
-                      f"{_which(names, len(named))}, {rule.stat} {how} {base}{lasting}") and legacy:
-            self.latched.update((rule.name, net, name) for name in names)
+        return self._emit(out, rule, step, phase, net, names, rule.stat, worst[1], threshold,
+                          f"{_which(names, total)}, {rule.stat} {how} {base}{lasting}")
 
     def _check_ratio(self, out: list[dict[str, Any]], rule: AlertRule, step: int, phase: str, net: str,
-                     named: list[tuple[str, int]], values: np.ndarray) -> None:
-        if len(named) < 2:
+                     layers: np.ndarray, mine: np.ndarray, values: np.ndarray) -> None:
+        if len(mine) < 2:
             return
-        (first, i), (last, j) = named[0], named[-1]
+        (first, i), (last, j) = (str(layers[mine[0]]), mine[0]), (str(layers[mine[-1]]), mine[-1])
         a, b = float(values[i]), float(values[j])
         ratio = a / b if math.isfinite(a) and math.isfinite(b) and a > 0 and b > 0 else math.nan
         met = not math.isnan(ratio) and (ratio > rule.factor or ratio < 1 / rule.factor)
@@ -370,6 +375,7 @@ class AlertMonitor:
             self.windows[tuple(key)] = deque((float(v) for v in vals), maxlen=self._keep.get(key[3], len(vals)))
         self.first = {tuple(key): float(v) for *key, v in state["first"]}
         self.streaks = {tuple(key): int(n) for *key, n in state["streaks"]}
+        self._count_open()
         self.last_event = {tuple(key): int(s) for *key, s in state["last_event"]}
         self.latched = {tuple(key) for key in state["latched"]}
         if state["latest"] is not None:

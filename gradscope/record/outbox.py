@@ -21,7 +21,7 @@ from gradscope.record.buffer import PackedStep, copy_to_host
 from gradscope.record.layers import Layer, all_targets, check_name
 from gradscope.record.reader import ALERT_COLUMNS, Run, load_run, tidy_table
 from gradscope.record.storage import RunWriter
-from gradscope.record.table import LAYER_COLUMNS, SCALAR_COLUMNS, step_rows
+from gradscope.record.table import LAYER_COLUMNS, SCALAR_COLUMNS, RowPlan, step_rows
 from gradscope.record.tensorboard import TensorBoardSink
 
 ScalarBatch = tuple[int, list[str], "Tensor | np.ndarray"]
@@ -72,6 +72,18 @@ def first_nonfinite_parameter(step: int, columns: Mapping[str, np.ndarray]) -> s
     return f"non-finite parameter {columns['net'][i]}/{columns['layer'][i]} at step {step}"
 
 
+def layer_frame(steps: Sequence[Mapping[str, np.ndarray]]) -> pd.DataFrame:
+    """One frame of the layer rows of several recorded steps (columns as :func:`step_rows` returns them).
+
+    The numpy columns are joined first and made a frame once: a frame per step, then concatenated,
+    converts the name columns object -> string once per step (most of the cost for a few rows each).
+    Steps without rows are left out unless all are empty: their empty ``object`` name columns would
+    make the joined columns ``object`` rather than ``str`` (the rows and what is stored are the same).
+    """
+    filled = [columns for columns in steps if len(columns["value"])] or list(steps[:1])
+    return pd.DataFrame({name: np.concatenate([columns[name] for columns in filled]) for name in filled[0]})
+
+
 class Outbox:
     """Pending layer statistics and scalars of a recorder, and where they go once on the host.
 
@@ -94,6 +106,7 @@ class Outbox:
         self.layers, self.stats, self.monitor, self.writer = layers, tuple(stats), monitor, writer
         self.targets = all_targets(layers)
         self._attributes: dict[str, np.ndarray] = {}
+        self._plans: dict[Any, RowPlan] = {}  # where each step's rows come from, reused across steps
         self.tensorboard = tensorboard
         self.steps: list[PackedStep] = []
         self.scalars: list[ScalarBatch] = []
@@ -123,16 +136,17 @@ class Outbox:
         tensors = [vec for record in self.steps for vec, _ in record.parts]
         tensors += [vec for _, _, vec in self.scalars if isinstance(vec, Tensor)]
         host = iter(copy_to_host(tensors))
-        layer_frames, scalar_frames, alerts = [], [], []
+        layer_columns, scalar_frames, alerts = [], [], []
         for record in self.steps:
             parts = [(next(host), slots) for _, slots in record.parts]
             values = np.concatenate([v for v, _ in parts])
             slots = np.concatenate([s for _, s in parts])
-            columns = step_rows(record, values, slots, self.layers, self.targets, self.stats, self._attributes)
+            columns = step_rows(record, values, slots, self.layers, self.targets, self.stats, self._attributes,
+                                self._plans)
             alerts += self.monitor.check_layers(record.step, record.phase, columns)
             if self.nonfinite is None:
                 self.nonfinite = first_nonfinite_parameter(record.step, columns)
-            layer_frames.append(pd.DataFrame(columns))
+            layer_columns.append(columns)
             if self.tensorboard:
                 self.board().write_layers(columns)
         for step, names, vec in self.scalars:
@@ -143,7 +157,7 @@ class Outbox:
             if self.tensorboard:
                 self.board().write_scalars(step, names, values)
         self.discard()
-        layers_frame = pd.concat(layer_frames, ignore_index=True) if layer_frames else None
+        layers_frame = layer_frame(layer_columns) if layer_columns else None
         scalars_frame = pd.concat(scalar_frames, ignore_index=True) if scalar_frames else None
         if self.writer is not None:
             if layers_frame is not None:

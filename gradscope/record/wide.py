@@ -11,6 +11,7 @@ sort order (step, phase, net, layer_index, layer, stat).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,25 +38,83 @@ def stats_of(schema: pa.Schema) -> list[str]:
     return sorted(name[len(STAT_PREFIX):] for name in schema.names if name.startswith(STAT_PREFIX))
 
 
+def _names(column: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """A name column as codes into its distinct names, codes numbered in name order.
+
+    Name order whatever the column's dtype: a categorical's categories may come in any order.
+    """
+    codes, uniques = pd.factorize(column, use_na_sentinel=False)
+    names = [str(name) for name in uniques]
+    by_name = np.argsort(np.array(names, dtype=object), kind="stable")
+    return np.argsort(by_name)[codes], [names[i] for i in by_name]
+
+
+def _offsets(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Integers as codes from 0 (ordered as the values) and how many codes that spans."""
+    if not len(values):
+        return values, 1
+    low = values.min()
+    return values - low, int(values.max() - low) + 1
+
+
+def _sort_key(parts: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
+    """One int64 per row that sorts and compares as the row's tuple of ``parts`` (``(codes, size)`` each).
+
+    Mixed radix when the sizes' product fits (a stable argsort of one int64 is several times faster
+    than ``np.lexsort`` over six keys), else the dense rank of each row's tuple under ``np.lexsort``.
+    """
+    if math.prod(size for _, size in parts) < 2 ** 62:
+        key = np.zeros(len(parts[0][0]), dtype=np.int64)
+        for codes, size in parts:
+            key *= size
+            key += codes
+        return key
+    order = np.lexsort([codes for codes, _ in reversed(parts)])
+    differs = np.zeros(len(order), dtype=bool)
+    for codes, _ in parts:
+        differs[1:] |= codes[order][1:] != codes[order][:-1]
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.cumsum(differs)
+    return ranks
+
+
 def to_wide(frame: pd.DataFrame) -> pa.Table:
-    """A long layers frame as a wide Arrow table, key rows sorted, a repeated key keeping its last value."""
-    long = frame[["step", "phase", "net", "layer_index", "layer", "stat", "value"]]
-    long = long.drop_duplicates(subset=[*KEYS, "stat"], keep="last")
-    wide = long.set_index([*KEYS, "stat"])["value"].unstack("stat").sort_index()
-    keys = wide.index.to_frame(index=False)
+    """A long layers frame as a wide Arrow table, key rows sorted, a repeated key keeping its last value.
+
+    Keys and statistics are factorized into one integer sort key per long row; a stable sort groups
+    each (key row, statistic), whose last row wins, and the values are scattered into a dense
+    (statistic, key row) array with a presence mask: a present NaN stays NaN, an absent value is null.
+    """
+    n = len(frame)
+    step = frame["step"].to_numpy(dtype=np.int64)
+    index = frame["layer_index"].to_numpy(dtype=np.int64)
+    (phase, phases), (net, nets), (layer, layer_names) = (_names(frame[c]) for c in ("phase", "net", "layer"))
+    stat, stat_names = _names(frame["stat"])  # statistic columns go in name order
+    parts = [_offsets(step), (phase, max(len(phases), 1)), (net, max(len(nets), 1)), _offsets(index),
+             (layer, max(len(layer_names), 1)), (stat, max(len(stat_names), 1))]
+    key = _sort_key(parts)
+    order = np.argsort(key, kind="stable")  # equal (key row, statistic) rows stay in frame order
+    last = np.ones(n, dtype=bool)
+    last[:-1] = key[order][1:] != key[order][:-1]
+    kept = order[last]  # the last row of each (key row, statistic), in sort order
+    rows = _sort_key(parts[:-1])[kept]
+    starts = np.ones(len(kept), dtype=bool)
+    starts[1:] = rows[1:] != rows[:-1]
+    row = np.cumsum(starts) - 1  # the key row of each kept value
+    first = kept[starts]  # a frame row of each key row
     columns: dict[str, pa.Array] = {
-        "step": pa.array(keys["step"].to_numpy(dtype=np.int64), pa.int64()),
-        "phase": pa.array(keys["phase"].astype(str).to_numpy(dtype=object), pa.string()),
-        "net": pa.array(keys["net"].astype(str).to_numpy(dtype=object), pa.string()),
-        "layer_index": pa.array(keys["layer_index"].to_numpy(dtype=np.int32), pa.int32()),
-        "layer": pa.array(keys["layer"].astype(str).to_numpy(dtype=object), pa.string()),
+        "step": pa.array(step[first], pa.int64()),
+        "phase": pa.array(phases, pa.string()).take(pa.array(phase[first])),
+        "net": pa.array(nets, pa.string()).take(pa.array(net[first])),
+        "layer_index": pa.array(index[first].astype(np.int32), pa.int32()),
+        "layer": pa.array(layer_names, pa.string()).take(pa.array(layer[first])),
     }
-    # Present-but-NaN must stay NaN and absent must be null: take presence from the long rows.
-    present = long.assign(here=True).set_index([*KEYS, "stat"])["here"].unstack("stat").reindex(wide.index)
-    for stat in sorted(str(s) for s in wide.columns):
-        values = wide[stat].to_numpy(dtype=np.float64)
-        mask = present[stat].isna().to_numpy()
-        columns[stat_column(stat)] = pa.array(values, pa.float64(), mask=mask)
+    values = np.full((len(stat_names), len(first)), np.nan)
+    present = np.zeros((len(stat_names), len(first)), dtype=bool)
+    values[stat[kept], row] = frame["value"].to_numpy(dtype=np.float64)[kept]
+    present[stat[kept], row] = True
+    for j, name in enumerate(stat_names):
+        columns[stat_column(name)] = pa.array(values[j], pa.float64(), mask=~present[j])
     return pa.table(columns).replace_schema_metadata({LAYOUT_KEY: LAYOUT})
 
 
