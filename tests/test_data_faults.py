@@ -268,7 +268,7 @@ def test_a_corrupt_image_in_a_dataloader_worker_is_named_on_the_first_line(tmp_p
     (root / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     ds = data.load_dataset("folder", data_dir=root, image_size=8)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1)
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(data.DataFileError) as info:  # a ValueError, importable from gradscope.data
         list(loader)
     first = str(info.value).strip().splitlines()[0]  # what the CLI prints
     assert "cannot decode image" in first and "b.png" in first and "worker" in first

@@ -25,6 +25,7 @@ from gradscope.data.archives import extract_tar
 from gradscope.data.base import GANDataset, ImageTensorDataset, InMemoryDataset, PointDataset
 from gradscope.data.cifar import RestrictedUnpickler, UnsafePickleError, load_cifar10
 from gradscope.data.digits import load_digits
+from gradscope.data.errors import DataFileError
 from gradscope.data.download import SOURCES, download_dataset, download_file
 from gradscope.data.files import CELEBA_HELP, FOLDER_HELP, IMAGENET_HELP, ImageFileDataset, load_celeba, \
     load_folder, load_imagenet
@@ -39,7 +40,7 @@ BUILT_IN = ("mnist", "digits", "ring8", "grid25")
 _HOW_TO_GET = {"celeba": CELEBA_HELP, "imagenet": IMAGENET_HELP, "folder": FOLDER_HELP}
 
 __all__ = [
-    "DATASETS", "GANDataset", "ImageFileDataset", "ImageTensorDataset", "InMemoryDataset", "POINTS_PER_EPOCH",
+    "DATASETS", "DataFileError", "GANDataset", "ImageFileDataset", "ImageTensorDataset", "InMemoryDataset", "POINTS_PER_EPOCH",
     "PointDataset", "RestrictedUnpickler", "SOURCES", "UnsafePickleError", "default_data_dir", "download_dataset",
     "download_file", "extract_tar", "load_celeba", "load_cifar10", "load_dataset", "load_digits", "load_folder",
     "load_imagenet", "load_mixture", "load_mnist", "load_stl10",
