@@ -328,11 +328,10 @@ def _collect_params(ctx: StepContext) -> None:
 
 def _derive_params(d: Derivation) -> Derived:
     present, norm = d.direct("param_norm")
-    operator = d.attr("norm_operator")
-    read_off = d.direct("param_read_off")[0] & ~present & ~np.isnan(operator)
+    read_off = d.direct("param_read_off")[0]  # flagged only where no own norm was taken and an operator is
     if read_off.any():
         raw_present, _, _, raw_norm = d.moments("w_raw")
-        at = operator[read_off].astype(np.int64)
+        at = d.attr("norm_operator")[read_off].astype(np.int64)
         present, norm = present.copy(), norm.copy()
         present[read_off], norm[read_off] = raw_present[at], raw_norm[at]
     moved, update = d.direct("param_update")

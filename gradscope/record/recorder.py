@@ -268,10 +268,11 @@ class Recorder:
                 self.outbox.add_scalars(step, names, values)
         hessian_values = functools.cache(lambda: self._hessian_values(nets))  # one probe for every chunk
         families = [family for family in FAMILIES if family.collect is not None and family.due(cheap, exact, hessian)]
+        operator_due = self.schedule.operator_due(step)
         for chunk in cache_sized_chunks(layers, self._device()):
             context = StepContext(buffer, chunk, self._want, exact, self.observer.weff_grads,
                                   self.observer.grad_seen, self.observer.snapshots,
-                                  operator_due=self.schedule.operator_due(step), hessian=hessian_values,
+                                  operator_due=operator_due, hessian=hessian_values,
                                   early_grad_norms=self.observer.grad_norms)
             for family in families:
                 if context.wants(family):
