@@ -95,6 +95,29 @@ def test_extraction_fills_an_incomplete_dataset_folder_and_keeps_what_is_there(t
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_staging_left_by_a_killed_extraction_is_removed_by_the_next_one(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    host = socket.gethostname()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead = int(gone.stdout)  # a process that has exited
+    out = tmp_path / "out"
+    abandoned = out / f".extract-{host}-{dead}-abc_1"
+    in_use = out / f".extract-{host}-{os.getpid()}-xyz"  # a live process (this one) is still writing
+    elsewhere = out / f".extract-other-host-{dead}-q"  # another machine's pid says nothing here
+    for folder in (abandoned, in_use, elsewhere):
+        (folder / "cifar-10-batches-py").mkdir(parents=True)
+        (folder / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"half")
+    archive = tar_gz(tmp_path / "a.tar.gz", {"d/x.bin": b"1"})
+    assert data.extract_tar(archive, out) == [out / "d"]
+    assert not abandoned.exists()
+    assert in_use.exists() and elsewhere.exists()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == sorted([in_use.name, elsewhere.name])
+
+
 def test_a_local_archive_is_verified_before_it_is_extracted(tmp_path, monkeypatch):
     make_cifar_archive(tmp_path, seed=1, declare=False)  # a different archive under the expected name
     genuine = hashlib.md5(b"the published archive").hexdigest()
