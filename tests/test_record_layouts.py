@@ -277,3 +277,24 @@ def test_gradient_norms_are_those_of_the_final_gradients_after_accumulation_and_
     assert got == pytest.approx(expect, rel=1e-12)
     ops = last[last["stat"] == "grad_w_raw_norm"].set_index("layer")["value"].to_dict()
     assert ops == pytest.approx({"0": expect["0.weight"], "2": expect["2.weight"]}, rel=1e-12)
+
+
+def test_step_buffer_packs_one_vector_per_device_with_its_slots():
+    from gradscope.record.buffer import DIRECT_OFFSET, N_QUANTITIES, StepBuffer
+
+    buffer = StepBuffer()
+    buffer.add(0, "sigma_fwd", torch.tensor(2.0))
+    buffer.add(1, "sigma_fwd", torch.tensor(3.0, device="meta"))  # a second device (no accelerator needed)
+    buffer.add(2, "sigma_op", torch.tensor(5.0, dtype=torch.float64))
+    parts = {vec.device.type: (vec, slots) for vec, slots in buffer.pack()}
+    assert sorted(parts) == ["cpu", "meta"]
+    cpu, cpu_slots = parts["cpu"]
+    assert cpu.dtype == torch.float64 and cpu.tolist() == [2.0, 5.0]  # mixed dtypes promote
+    assert cpu_slots.tolist() == [DIRECT_OFFSET["sigma_fwd"], 2 * N_QUANTITIES + DIRECT_OFFSET["sigma_op"]]
+    assert parts["meta"][1].tolist() == [N_QUANTITIES + DIRECT_OFFSET["sigma_fwd"]]
+    single = StepBuffer()
+    single.add(0, "sigma_fwd", torch.tensor(1.5))
+    single.add(3, "gamma", torch.tensor(0.5))
+    ((vec, slots),) = single.pack()
+    assert vec.tolist() == [1.5, 0.5] and slots.tolist() == [DIRECT_OFFSET["sigma_fwd"],
+                                                              3 * N_QUANTITIES + DIRECT_OFFSET["gamma"]]

@@ -80,11 +80,15 @@ class StepBuffer:
 
     def pack(self) -> list[tuple[Tensor, np.ndarray]]:
         """Stack the values into one vector per device (copies them, so buffers may change after)."""
+        devices = {value.device for value in self.values}
         groups: dict[torch.device, tuple[list[Tensor], list[int]]] = {}
-        for value, slot in zip(self.values, self.slots):
-            vals, slots = groups.setdefault(value.device, ([], []))
-            vals.append(value)
-            slots.append(slot)
+        if len(devices) == 1:  # the usual case: one group as it stands
+            groups[devices.pop()] = (self.values, self.slots)
+        else:
+            for value, slot in zip(self.values, self.slots):
+                vals, slots = groups.setdefault(value.device, ([], []))
+                vals.append(value)
+                slots.append(slot)
         packed = []
         for vals, slots in groups.values():
             vec = torch.stack(vals)  # promotes mixed float32 / float64 to float64

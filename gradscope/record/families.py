@@ -202,7 +202,7 @@ def _collect_spectral(ctx: StepContext) -> None:
             ctx.buffer.add(op.uid, "sigma_fwd", estimate)
         if op_norm:
             # A plain matrix is its own operator: its forward estimate is sigma_op between exact steps.
-            reuse = fwd and not ctx.exact and op.kind != CONV and op.plain and op.normalization is None
+            reuse = fwd and not ctx.exact and op.kind != CONV and op.normalization is None and op.plain
             if op.kind == CONV and not (ctx.exact or ctx.operator_due):
                 continue  # a conv's power step costs a batch-1 conv pair: it has its own period
             value = estimate if reuse else op.spectral.operator_step(op, converged=ctx.exact)

@@ -20,6 +20,7 @@ weight the recorder cannot read as an operator is listed once, with the reason.
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -155,19 +156,20 @@ class OperatorTarget(_PartOfLayer):
     def name(self) -> str:
         return self.operator.name(self.layer.name)
 
-    @property
+    # Fixed when the layers are discovered, and read for every operator on every recorded step: cached.
+    @functools.cached_property
     def param(self) -> str:
         return self.operator.param
 
-    @property
+    @functools.cached_property
     def kind(self) -> str:
         return self.operator.kind
 
-    @property
+    @functools.cached_property
     def lecun(self) -> bool:
         return self.operator.lecun and self.fan_in > 0
 
-    @property
+    @functools.cached_property
     def normalization(self) -> SpectralParametrization | None:
         """gradscope's normalization of this weight, if any (it parametrizes ``weight``)."""
         return self.layer.parametrization if self.param == "weight" else None
