@@ -250,9 +250,17 @@ SEEDS = (0, 1, 2)
 def test_sigkill_at_random_moments_of_run_then_resume_equals_the_uninterrupted_run(whole, tmp_path):
     runs = [tmp_path / f"killed{seed}" for seed in SEEDS]
     procs = [_Fork(_run, run) for run in runs]
-    # From the first checkpoint (step 2) to past the middle of the run; some land inside checkpoint writes.
-    delays = [random.Random(seed).uniform(0.0, 1.2) for seed in SEEDS]
-    killed = _kill_when(procs, lambda i: bool(list_checkpoints(runs[i])), delays)
+    # Moments set by the run's progress, not by the clock (a fast machine finished a 20-step run before a
+    # delay of a second came due): a little after the checkpoint of a random step between 2 and 12 exists,
+    # from the first checkpoint to past the middle of the run; some land inside checkpoint writes.
+    after = [random.Random(seed).randrange(2, 14, 2) for seed in SEEDS]
+    delays = [random.Random(100 + seed).uniform(0.0, 0.03) for seed in SEEDS]
+
+    def reached(i: int) -> bool:
+        checkpoints = list_checkpoints(runs[i])
+        return bool(checkpoints) and checkpoints[-1][0] >= after[i]
+
+    killed = _kill_when(procs, reached, delays)
     for run, proc, was_killed in zip(runs, procs, killed):
         status = json.loads((run / "status.json").read_text())
         assert proc.returncode == (-signal.SIGKILL if was_killed else 0)
@@ -353,7 +361,7 @@ def test_sigkill_of_a_sweep_driver_at_random_moments_then_rerun_finishes_every_r
     # Two kills: while the runs start (from the manifest's first write), then while they train (from the
     # first new checkpoint); then the same command once more, to the end.
     moments = [(lambda seen: (out / "manifest.json").exists(), rng.uniform(0.5, 2.0)),
-               (lambda seen: bool(_checkpoints_of_sweep(out) - seen), rng.uniform(0.0, 1.0))]
+               (lambda seen: bool(_checkpoints_of_sweep(out) - seen), rng.uniform(0.0, 0.2))]
     before = None
     for ready, delay in moments:
         seen = _checkpoints_of_sweep(out) if out.exists() else set()
