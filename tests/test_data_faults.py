@@ -9,6 +9,9 @@ import dataclasses
 import hashlib
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tarfile
 import tracemalloc
 import zipfile
@@ -96,10 +99,6 @@ def test_extraction_fills_an_incomplete_dataset_folder_and_keeps_what_is_there(t
 
 
 def test_staging_left_by_a_killed_extraction_is_removed_by_the_next_one(tmp_path):
-    import socket
-    import subprocess
-    import sys
-
     host = socket.gethostname()
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)

@@ -158,7 +158,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+#: ``.extract-<host>-<pid>-<mkdtemp's suffix, which has no "-">``: the staging folder of one extraction.
 _STAGING = re.compile(r"\.extract-(?P<host>.+)-(?P<pid>\d+)-[^-]*")
+
+
+def _staging_prefix() -> str:
+    return f".extract-{socket.gethostname()}-{os.getpid()}-"
 
 
 def _alive(pid: int) -> bool:
@@ -166,25 +171,23 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):  # another user's process, or a platform without signal 0
+    except OSError:  # another user's process (PermissionError), or a platform without signal 0
         return True
     return True
 
 
-def remove_abandoned_staging(destination: Path) -> list[Path]:
+def remove_abandoned_staging(destination: Path) -> None:
     """Delete the staging folders in ``destination`` of extractions whose process is gone.
 
     Extraction writes into ``.extract-<host>-<pid>-*`` and removes it when done; a process killed
     meanwhile (SIGKILL, power loss) leaves it behind. Only this host's folders are judged: a pid from
     another machine sharing the directory says nothing here, and a live process's folder is in use.
     """
-    removed, host = [], socket.gethostname()
+    host = socket.gethostname()
     for entry in destination.glob(".extract-*"):
         match = _STAGING.fullmatch(entry.name)
         if match and entry.is_dir() and match["host"] == host and not _alive(int(match["pid"])):
             shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-    return removed
 
 
 def extract_tar(archive: str | os.PathLike[str], destination: str | os.PathLike[str], *,
@@ -225,7 +228,7 @@ def extract_tar(archive: str | os.PathLike[str], destination: str | os.PathLike[
     try:
         destination.mkdir(parents=True, exist_ok=True)
         remove_abandoned_staging(destination)
-        staging = Path(tempfile.mkdtemp(prefix=f".extract-{socket.gethostname()}-{os.getpid()}-", dir=destination))
+        staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(), dir=destination))
     except OSError as exc:  # a file further up the path, no permission
         raise ValueError(f"cannot extract {archive.name} into {destination}: {_first_line(exc)}") from None
     try:
