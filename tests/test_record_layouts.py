@@ -256,10 +256,14 @@ def test_a_zero_parameter_that_does_not_move_has_update_ratio_zero_and_raises_no
     assert (moved > 0).all()
 
 
+@pytest.mark.parametrize("early", [False, True])
 @pytest.mark.parametrize("clip", [False, True])
-def test_gradient_norms_are_those_of_the_final_gradients_after_accumulation_and_clipping(clip):
-    # On the CPU the norms are taken as each gradient is accumulated (while it is in cache); a second
-    # accumulation or clipping in place before step() must make them be taken again.
+def test_gradient_norms_are_those_of_the_final_gradients_after_accumulation_and_clipping(clip, early, monkeypatch):
+    # On the CPU the norms of large gradients are taken as each is accumulated (while it is in cache); a
+    # second accumulation or clipping in place before step() must make them be taken again.
+    import gradscope.record.hooks as hooks
+
+    monkeypatch.setattr(hooks, "EARLY_NORM_BYTES", 0 if early else 2**62)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
     rec = Recorder(model, alerts=[], stats=["param_grad_norm", "grad_w_raw_norm"]).attach()
@@ -267,6 +271,7 @@ def test_gradient_norms_are_those_of_the_final_gradients_after_accumulation_and_
         model.zero_grad()
         for _ in range(2):  # gradient accumulation
             model(torch.randn(4, 3, dtype=torch.float64)).pow(2).sum().backward()
+        assert len(rec.observer.grad_norms) == (4 if early else 0)  # which path this case takes
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)
         expect = {f"{i}.{name}": float(p.grad.norm()) for i in (0, 2) for name, p in model[i].named_parameters()}
@@ -277,6 +282,28 @@ def test_gradient_norms_are_those_of_the_final_gradients_after_accumulation_and_
     assert got == pytest.approx(expect, rel=1e-12)
     ops = last[last["stat"] == "grad_w_raw_norm"].set_index("layer")["value"].to_dict()
     assert ops == pytest.approx({"0": expect["0.weight"], "2": expect["2.weight"]}, rel=1e-12)
+
+
+def test_a_tensor_one_layer_returns_and_the_next_takes_is_summed_once(monkeypatch):
+    # A layer norm feeding a projection: the projection's input is the norm's output, whose sums the
+    # buffer already holds; even with grad_in on (which hands the layer a view of its input).
+    import gradscope.record.buffer as buffer
+
+    summed: list[torch.Tensor] = []
+    original = buffer.sum_and_square_sum
+    monkeypatch.setattr(buffer, "sum_and_square_sum", lambda x: summed.append(x) or original(x))
+    model = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 4))
+    x = torch.randn(3, 8)
+    rec = Recorder(model, alerts=[], stats=["act_in_mean", "act_out_mean", "grad_in_norm"]).attach()
+    out = model(x)
+    assert [t.shape for t in summed] == [(3, 8), (3, 8), (3, 4)]  # x, norm(x) (twice used), the output
+    assert summed[0] is x and summed[2] is out
+    out.sum().backward()
+    rec.step(0)
+    table = rec.run().layers.set_index(["layer", "stat"])["value"]
+    rec.close()
+    assert table["1", "act_in_mean"] == pytest.approx(table["0", "act_out_mean"], abs=0)
+    assert table["1", "act_in_mean"] == pytest.approx(float(model[0](x).detach().mean()), abs=1e-7)
 
 
 def test_step_buffer_packs_one_vector_per_device_with_its_slots():

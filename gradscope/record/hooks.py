@@ -22,6 +22,10 @@ from gradscope.record.buffer import StepBuffer
 from gradscope.record.families import FAMILIES
 from gradscope.record.layers import Layer
 
+#: A CPU gradient at least this large has its norm taken in its accumulation hook, while it is still in
+#: cache; smaller ones are cheaper together, in one ``_foreach_norm`` at ``step()``.
+EARLY_NORM_BYTES = 64 * 1024
+
 
 def hooked_quantities(want: set[str]) -> set[str]:
     """The hook-accumulated quantities the selected statistics need (a quantity's statistics are named after it)."""
@@ -80,9 +84,11 @@ class Observer:
                 self.handles.append(layer.module.register_forward_pre_hook(partial(self._layer_pre, layer)))
                 self.handles.append(layer.module.register_forward_hook(partial(self._layer_post, layer)))
                 for param in layer.params:
-                    if param.tensor.is_leaf and param.tensor.requires_grad:
-                        self.handles.append(param.tensor.register_post_accumulate_grad_hook(
-                            partial(self._accumulated, param.uid)))
+                    tensor = param.tensor
+                    if tensor.is_leaf and tensor.requires_grad:
+                        early = tensor.device.type == "cpu" and tensor.numel() * tensor.element_size() >= EARLY_NORM_BYTES
+                        self.handles.append(tensor.register_post_accumulate_grad_hook(
+                            partial(self._accumulated, param.uid, early)))
                 plist = layer.parametrizations
                 if plist is not None:
                     self.handles.append(plist.register_forward_hook(partial(self._effective_weight, layer)))
@@ -158,10 +164,14 @@ class Observer:
 
     # --- layer level -------------------------------------------------------------------------------
     def _layer_pre(self, layer: Layer, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        if not (self.grad_in and self._recording()) or not args or not isinstance(args[0], Tensor):
+        if not (self.act_in or self.grad_in) or not args or not isinstance(args[0], Tensor) or not self._recording():
             return None
         x = args[0]
-        if not x.requires_grad:
+        if self.act_in and x.is_floating_point():
+            # Before the layer runs: x was just written (still in cache), and it is the very tensor the
+            # previous layer returned, whose sums the buffer may already hold.
+            self.buffer.add_sums(layer.uid, "act_in", x)
+        if not (self.grad_in and x.requires_grad):
             return None
         # A fresh view gets exactly this layer's share of dL/dx even when x also feeds other layers.
         x = x.view_as(x)
@@ -171,22 +181,23 @@ class Observer:
     def _layer_post(self, layer: Layer, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if self.suspended:
             return
-        x = args[0] if args and isinstance(args[0], Tensor) and args[0].is_floating_point() else None
-        output = first_tensor(output)
         seen = self._seen.get(layer.net)
+        recording = self._recording()
+        if seen is None and not recording and layer.input_size is not None:  # the usual unrecorded forward
+            return
         if seen is not None and layer not in seen:
             seen.append(layer)
-        if x is not None:
+        x = args[0] if args and isinstance(args[0], Tensor) and args[0].is_floating_point() else None
+        if x is not None:  # the input size a conv's operator norm is taken on (read on recorded steps)
             layer.input_size = tuple(x.shape[2:]) if x.ndim > 2 else tuple(x.shape[-1:])
-        if not self._recording():
+        if not recording:
             return
+        output = first_tensor(output)
         # A net counts as run when any of its layers ran (a LightningModule's training_step may call
         # its children without ever calling the module itself).
         self.active.add(layer.net)
         if self.snapshot:
             self._snapshot([layer])
-        if self.act_in and x is not None:
-            self.buffer.add_sums(layer.uid, "act_in", x)
         if output is None:
             return
         if self.act_out:
@@ -207,14 +218,16 @@ class Observer:
         if not self.suspended:
             self.buffer.add_sums(uid, quantity, grad)
 
-    def _accumulated(self, uid: int, param: Tensor) -> None:
+    def _accumulated(self, uid: int, early: bool, param: Tensor) -> None:
         # Only a weight that received a gradient in this step has a .grad worth recording
         # (a frozen or untouched weight may still hold the previous step's).
         if self.suspended:
             return
         self.grad_seen.add(uid)
+        if not (early and self.hot_grad_norms and self.armed):
+            return
         grad = param.grad
-        if self.hot_grad_norms and self.armed and grad is not None and grad.device.type == "cpu":
+        if grad is not None:
             # Just written, so in cache: its norm now costs a fraction of a read from memory at step().
             # Kept with the tensor's identity and version: clipping or another accumulation before step()
             # makes it stale, and step() computes it again.
