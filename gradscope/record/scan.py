@@ -70,13 +70,14 @@ def _read_schema(table: str, stats: Sequence[str]) -> pa.Schema:
     return pa.schema(fields + [pa.field(stat_column(s), pa.float64()) for s in stats])
 
 
-def _footers(paths: Sequence[Path]) -> list[pq.FileMetaData]:
-    footers = []
+def _footers(paths: Sequence[Path]) -> dict[Path, pq.FileMetaData]:
+    """The readable chunks' footers by path (an unreadable one is named when its rows are read)."""
+    footers = {}
     for path in paths:
         try:
-            footers.append(pq.read_metadata(path))
+            footers[path] = pq.read_metadata(path)
         except (OSError, pa.ArrowException):
-            continue  # named when its rows are read
+            continue
     return footers
 
 
@@ -103,7 +104,8 @@ class _Scan:
     def __init__(self, paths: list[Path], table: str, columns: list[str], where: RowFilter) -> None:
         self.table, self.columns, self.where = table, columns, where
         self.expression = where.expression(table)
-        footers = _footers(paths)
+        self.footers = _footers(paths)  # read once: read_file opens each chunk with its footer already parsed
+        footers = list(self.footers.values())
         rows_filtered = not replace_stats(where).is_empty()
         if table == "layers":
             stats = sorted({s for meta in footers for s in stats_of(meta.schema.to_arrow_schema())})
@@ -131,7 +133,8 @@ class _Scan:
 
     def read_file(self, path: Path) -> pa.Table:
         """One wide chunk: only the row groups and columns asked for, filtered, in the table's order."""
-        handle = pq.ParquetFile(path, read_dictionary=["phase", "net", "layer"], page_checksum_verification=True)
+        handle = pq.ParquetFile(path, metadata=self.footers.get(path), read_dictionary=["phase", "net", "layer"],
+                                page_checksum_verification=True)
         meta = handle.metadata
         groups = [i for i in range(meta.num_row_groups) if _group_may_match(meta, i, self.where)]
         names = handle.schema_arrow.names
@@ -252,7 +255,7 @@ def stored_rows(folder: Path, table: str) -> int | None:
     footer lacks the null counts (chunks written before every column had statistics)."""
     files = chunk_files(folder)
     parquet = [p for p in files if p.suffix == ".parquet"]
-    footers = _footers(parquet)
+    footers = list(_footers(parquet).values())
     columns = sorted({n for meta in footers for n in meta.schema.names if n.startswith("stat.")}) \
         if table == "layers" else ["value"]
     counted = _present_values(footers, columns) if parquet else 0
