@@ -43,10 +43,18 @@ Targets on CPU (issue 12): every1 <= 1.15x, every10 <= 1.03x.
 ``--profile every1`` instead profiles that variant alone with cProfile for ``--steps`` steps
 (after warm-up) and prints the top cumulative entries of ``gradscope/record``.
 
+``--sync-check`` (CUDA only) instead trains each of ``--variants`` (default here: ``off`` and
+``every1``) for 2 warm-up steps and then ``--steps`` steps under
+``torch.cuda.set_sync_debug_mode("error")``, which raises at the first call that waits for the device
+(a copy to the host, ``.item()``, ``nonzero``...), and prints which variants ran through. The
+recorder's final flush (one batched copy, a synchronization by design) runs after the mode is reset.
+On the CPU the same property is tested on the meta device (``tests/test_record_sync.py``).
+
 Run::
 
     python benchmarks/bench_recorder_models.py --model all --rounds 8 --steps 2 --threads 1
     python benchmarks/bench_recorder_models.py --model gpt2 --profile every1 --steps 10 --threads 1
+    python benchmarks/bench_recorder_models.py --device cuda --sync-check --steps 4
 """
 from __future__ import annotations
 
@@ -304,6 +312,31 @@ def profile(model: Model, name: str, steps: int, out: str, top: int = 15) -> str
             f"under cProfile (which inflates Python-heavy code)\n{text.getvalue()}")
 
 
+def sync_check(model: Model, names: list[str], steps: int, out: str) -> str:
+    """Which variants train ``steps`` steps (after 2 warm-up steps) with no host synchronization (see the docstring)."""
+    lines = [f"sync check on {model.title}, {steps} steps after 2 warm-up steps:"]
+    for name in names:
+        probe = make_probe(name, model.watched, f"{out}/{name}")
+        probe.enter()
+        for it in range(2):  # first steps allocate, start the power iterations, pick kernels
+            model.step(it, probe)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for it in range(2, 2 + steps):
+                model.step(it, probe)
+            verdict = "no synchronizing call"
+        except RuntimeError as exc:
+            verdict = f"synchronized at step {it}: {str(exc).splitlines()[0]}"
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        probe.settle()
+        probe.exit()
+        probe.finish(2 + steps)
+        lines.append(f"  {name:<10} {verdict}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -312,7 +345,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=0, help="batch size (0: each model's default: sndcgan 16, gpt2 4 sequences of 64 tokens, cnn50 16)")
     parser.add_argument("--profile", metavar="VARIANT", choices=VARIANTS,
                         help="profile this variant alone (for --steps steps) instead of timing the variants")
+    parser.add_argument("--sync-check", action="store_true",
+                        help="CUDA: check that the variants (default off,every1) never wait for the device")
     args, names, device = parse_timing_arguments(parser, VARIANTS)
+    if args.sync_check:
+        if device.type != "cuda" or not torch.cuda.is_available():
+            parser.error("--sync-check needs --device cuda and a CUDA device (on the CPU: tests/test_record_sync.py)")
+        if args.variants == ",".join(VARIANTS):
+            names = ["off", "every1"]
     grad_norm_source = lightning_grad_norm()[1] if "gradnorm" in names else None
     for key in MODELS if args.model == "all" else (args.model,):
         start = time.perf_counter()
@@ -324,6 +364,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix=f"bench-recorder-{key}-") as out:
             if args.profile:
                 print(profile(model, args.profile, args.steps, out), flush=True)
+                continue
+            if args.sync_check:
+                print(sync_check(model, names, args.steps, out) + "\n", flush=True)
                 continue
             probes = make_probes(names, partial(make_probe, models=model.watched, out=out))
             results = interleave(model.step, probes, args.rounds, args.steps, device)

@@ -56,8 +56,11 @@ class WarmSpectral:
         self._geometry: tuple[tuple[int, ...], ConvGeometry] | None = None  # validated once per input size
 
     def _start(self, like: Tensor, shape: tuple[int, ...]) -> Tensor:
-        generator = torch.Generator(device=like.device).manual_seed(self.seed)
-        return _unit(torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype))
+        # On the device itself (a copy from the host would synchronize), except for shape-only meta tensors,
+        # which have no generator: drawn on the CPU and moved.
+        where = torch.device("cpu") if like.device.type == "meta" else like.device
+        generator = torch.Generator(device=where).manual_seed(self.seed)
+        return _unit(torch.randn(shape, generator=generator, device=where, dtype=like.dtype).to(like.device))
 
     @torch.no_grad()
     def forward_step(self, matrix: Tensor) -> Tensor:
