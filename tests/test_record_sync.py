@@ -115,3 +115,20 @@ def test_a_transformer_records_on_meta_without_reading_device_data() -> None:
     with pytest.raises(NotImplementedError, match="meta"):
         rec.flush()
     rec.detach()
+
+
+def test_a_transformers_gpt2_records_on_meta_without_reading_device_data() -> None:
+    transformers = pytest.importorskip("transformers")
+    transformers.utils.logging.set_verbosity_error()
+    config = transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50, n_positions=16)
+    model = transformers.GPT2LMHeadModel(config).to(META).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = Recorder(model, every=1, stats=_cheap(), alerts=[], flush_every=10**6).attach()
+    for step in range(2):
+        tokens = torch.randint(0, 50, (2, 8), device=META)
+        model(input_ids=tokens, labels=tokens).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        rec.step(step)
+    assert len(rec.outbox.steps) == 2
+    rec.detach()
