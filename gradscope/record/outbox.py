@@ -84,6 +84,14 @@ def layer_frame(steps: Sequence[Mapping[str, np.ndarray]]) -> pd.DataFrame:
     return pd.DataFrame({name: np.concatenate([columns[name] for columns in filled]) for name in filled[0]})
 
 
+def scalar_frame(batches: Sequence[tuple[int, Sequence[str], np.ndarray]]) -> pd.DataFrame:
+    """One frame of the scalars of several ``(step, names, host values)`` batches, made once (as
+    :func:`layer_frame`: a frame per batch would convert its name column to strings once per batch)."""
+    return pd.DataFrame({"step": np.concatenate([np.full(len(names), step, dtype=np.int64) for step, names, _ in batches]),
+                         "name": np.concatenate([np.array(names, dtype=object) for _, names, _ in batches]),
+                         "value": np.concatenate([np.asarray(values, dtype=np.float64) for _, _, values in batches])})
+
+
 class Outbox:
     """Pending layer statistics and scalars of a recorder, and where they go once on the host.
 
@@ -136,7 +144,7 @@ class Outbox:
         tensors = [vec for record in self.steps for vec, _ in record.parts]
         tensors += [vec for _, _, vec in self.scalars if isinstance(vec, Tensor)]
         host = iter(copy_to_host(tensors))
-        layer_columns, scalar_frames, alerts = [], [], []
+        layer_columns, scalar_rows, alerts = [], [], []
         for record in self.steps:
             parts = [(next(host), slots) for _, slots in record.parts]
             values = np.concatenate([v for v, _ in parts])
@@ -152,13 +160,12 @@ class Outbox:
         for step, names, vec in self.scalars:
             values = next(host) if isinstance(vec, Tensor) else vec
             alerts += self.monitor.check_scalars(step, names, values)
-            scalar_frames.append(pd.DataFrame({"step": np.full(len(names), step, dtype=np.int64),
-                                               "name": np.array(names, dtype=object), "value": values}))
+            scalar_rows.append((step, names, values))
             if self.tensorboard:
                 self.board().write_scalars(step, names, values)
         self.discard()
         layers_frame = layer_frame(layer_columns) if layer_columns else None
-        scalars_frame = pd.concat(scalar_frames, ignore_index=True) if scalar_frames else None
+        scalars_frame = scalar_frame(scalar_rows) if scalar_rows else None
         if self.writer is not None:
             if layers_frame is not None:
                 self.writer.append_layers(layers_frame)
