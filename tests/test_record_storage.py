@@ -169,3 +169,18 @@ def test_provenance_names_versions_and_commit() -> None:
     info = provenance(seed=7, device="cpu")
     assert info["seed"] == 7 and info["torch"] == torch.__version__ and info["device"] == "cpu"
     assert info["git_commit"] is None or len(info["git_commit"].split("-")[0]) == 40
+
+
+def test_scalars_of_many_steps_in_one_flush_keep_their_steps_names_and_values(tmp_path) -> None:
+    # Host floats and device tensors (float32 and float64) of several steps, joined into one frame per flush.
+    model = torch.nn.Linear(2, 1)
+    expect = []
+    with Recorder(model, out=tmp_path, flush_every=100, alerts=[]) as rec:
+        for step in range(3):
+            model(torch.randn(4, 2)).sum().backward()
+            loss32, grad64 = torch.tensor(0.5 + step), torch.tensor(step / 3, dtype=torch.float64)
+            rec.log_scalars(step, {"lr": 0.1 * step, "loss": loss32, "gnorm": grad64})
+            rec.step(step)
+            expect += [(step, "lr", 0.1 * step), (step, "loss", 0.5 + step), (step, "gnorm", step / 3)]
+    scalars = load_run(tmp_path).scalars
+    assert sorted(zip(scalars["step"].tolist(), scalars["name"].astype(str), scalars["value"])) == sorted(expect)
