@@ -72,6 +72,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench_recorder import make_gan, make_step
+from gradscope.record.buffer import sum_and_square_sum
+from gradscope.record.hooks import first_tensor
+from gradscope.record.layers import discover_layers, normalize_models
 from interleave import (Probe, RecorderProbe, add_timing_arguments, directory_bytes, interleave, make_probes,
                         parse_timing_arguments, report)
 
@@ -111,18 +114,18 @@ class GradNormProbe(Probe):
 
 
 class SumsProbe(Probe):
-    """Sum and sum of squares of every parameterized module's input, output and both gradients (``sums``)."""
+    """Sum and sum of squares of every recorded module's input, output and both gradients (``sums``), with the
+    recorder's own layer discovery and reduction and nothing else."""
 
     def __init__(self, models: nn.Module | Mapping[str, nn.Module]) -> None:
-        nets = models.values() if isinstance(models, Mapping) else [models]
-        self.modules = [m for net in nets for m in net.modules() if any(True for _ in m.parameters(recurse=False))]
+        layers = discover_layers(normalize_models(models))
+        self.modules = [layer.module for net in layers.values() for layer in net]
         self.values: list[torch.Tensor] = []
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.last: torch.Tensor | None = None
 
     def _sums(self, t: torch.Tensor) -> None:
-        flat = t.detach().reshape(-1)
-        self.values += (flat.sum(), torch.dot(flat, flat))
+        self.values += sum_and_square_sum(t)
 
     def _pre(self, module: nn.Module, args: tuple) -> tuple | None:
         x = args[0] if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point() else None
@@ -136,9 +139,8 @@ class SumsProbe(Probe):
         return (x, *args[1:])
 
     def _post(self, module: nn.Module, args: tuple, output: object) -> None:
-        if isinstance(output, tuple):
-            output = output[0]
-        if isinstance(output, torch.Tensor) and output.is_floating_point() and torch.is_grad_enabled():
+        output = first_tensor(output)
+        if output is not None and torch.is_grad_enabled():
             self._sums(output)
             if output.requires_grad:
                 output.register_hook(self._sums)
