@@ -201,6 +201,14 @@ def test_dry_run_prints_the_grid_and_an_estimate(tmp_path, capsys):
     assert not (tmp_path / "o" / "runs").exists()
 
 
+def test_dry_run_counts_the_default_iterations_of_runs_that_set_none(tmp_path, capsys):
+    from gradscope.train import RunConfig
+
+    spec = _spec(tmp_path, '[grid]\nseed = [0, 1, 2]\n')
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    assert f"3 runs, {3 * RunConfig().iterations:,} training iterations" in capsys.readouterr().out
+
+
 def test_a_setting_added_after_a_run_was_made_counts_as_its_current_default():
     from gradscope.sweep.summarize import fixed_settings, unlike_majority
     from gradscope.train import RunConfig

@@ -82,15 +82,20 @@ def run_flops(config: RunConfig) -> float | None:
     return total
 
 
-def sweep_flops(spec: SweepSpec) -> float | None:
-    """FLOPs of every run of ``spec`` (``None`` if any run's geometry is unknown)."""
+def point_configs(spec: SweepSpec) -> dict[str, RunConfig]:
+    """Every run's full configuration by run id, with the defaults of ``gradscope run`` filled in."""
     from gradscope.sweep.spec import _run_parser
     from gradscope.train.cli import config_from_args
 
     parser = _run_parser()
+    return {point.run_id: config_from_args(parser.parse_args(point.argv(Path("unused"))[1:])) for point in spec.points}
+
+
+def sweep_flops(spec: SweepSpec, configs: dict[str, RunConfig] | None = None) -> float | None:
+    """FLOPs of every run of ``spec`` (``None`` if any run's geometry is unknown)."""
     total = 0.0
-    for point in spec.points:
-        flops = run_flops(config_from_args(parser.parse_args(point.argv(Path("unused"))[1:])))
+    for config in (point_configs(spec) if configs is None else configs).values():
+        flops = run_flops(config)
         if flops is None:
             return None
         total += flops

@@ -7,7 +7,7 @@ from pathlib import Path
 from gradscope._checks import check_choice, check_int_at_least
 from gradscope.record.lock import DirectoryLock
 from gradscope.record.storage import read_json
-from gradscope.sweep.cost import ASSUMED_TFLOPS, gpu_hours, sweep_flops
+from gradscope.sweep.cost import ASSUMED_TFLOPS, gpu_hours, point_configs, sweep_flops
 from gradscope.sweep.executors import (
     EXECUTORS,
     Launch,
@@ -73,12 +73,12 @@ def _todo(spec: SweepSpec, manifest: Manifest) -> list[RunPoint]:
 
 def estimate(spec: SweepSpec, manifest: Manifest) -> str:
     """A one-paragraph cost estimate, calibrated on the sweep's finished runs when there are any."""
-    def iterations(params: dict) -> int:
-        return int(params.get("iterations", spec.base.get("iterations", 0)) or 0)
-
-    total_iters = sum(iterations(p.flags) for p in spec.points)
-    rates = [e.seconds / iterations({**spec.base, **e.params}) for e in manifest.runs.values()
-             if e.status == "done" and e.seconds > 0 and iterations({**spec.base, **e.params})]
+    # Iterations as each run will have them, `gradscope run`'s default where the spec sets none.
+    configs = point_configs(spec)
+    iterations = {run_id: config.iterations for run_id, config in configs.items()}
+    total_iters = sum(iterations.values())
+    rates = [entry.seconds / iterations[run_id] for run_id, entry in manifest.runs.items()
+             if entry.status == "done" and entry.seconds > 0 and iterations.get(run_id)]
     text = f"{len(spec.points)} runs, {total_iters:,} training iterations in all"
     if rates:
         rate = statistics.median(rates)
@@ -86,7 +86,7 @@ def estimate(spec: SweepSpec, manifest: Manifest) -> str:
                  f"measured on {len(rates)} finished run(s)")
     else:
         text += "; no finished run to calibrate the time per iteration yet"
-        flops = sweep_flops(spec)
+        flops = sweep_flops(spec, configs)
         if flops is not None:
             text += (f"; {flops / 1e15:,.1f} PFLOP counted on the networks, about {gpu_hours(flops):,.1f} GPU hours "
                      f"at an assumed {ASSUMED_TFLOPS:g} TFLOP/s sustained (an assumption: small GANs often run slower)")
