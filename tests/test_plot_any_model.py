@@ -18,7 +18,7 @@ from gradscope.plot import style
 from gradscope.plot.flow import MAX_FLOW_STEPS, MAX_FLOW_WIDTH, flow_table, plot_gradient_flow
 from gradscope.plot.labels import ELLIPSIS, loss_symbol, short_layer_names
 from gradscope.plot.runs import run_figures
-from gradscope.plot.ticks import NOT_RECORDED, format_tick_values, readable_log_ticks
+from gradscope.plot.ticks import NOT_RECORDED, ZERO_LABEL, format_tick_values, log_scale, readable_log_ticks
 from gradscope.record import Recorder
 
 # what a person can read at a glance: 0.05, 12, 10^-4, 2x10^-7 (never 10^-4.2 or 1.18x10^-1 runs)
@@ -261,6 +261,29 @@ def test_log_axes_carry_readable_ticks_and_empty_panels_say_not_recorded(seq_run
     assert not unrecorded.lines and any(t.get_text().startswith(NOT_RECORDED) for t in unrecorded.texts)
 
 
+def test_exact_zeros_on_a_log_axis_are_marked_on_its_edge_not_left_as_gaps(seq_run):
+    layers = seq_run.layers
+    series = (layers["layer"] == "2") & (layers["stat"] == "grad_out_norm")
+    vanished = sorted(layers.loc[series, "step"].unique())[-3:]  # the gradient vanishes at the last 3 steps
+    zeroed = seq_run.replace(layers=layers.assign(
+        value=np.where(series & layers["step"].isin(vanished), 0.0, layers["value"])))
+    fig = run_figures([zeroed], figures=["grad_norms"])["grad_norms"]
+    panel = {ax.get_title(): ax for ax in _panels(fig)}["2"]
+    assert panel.get_yscale() == "log"
+    source = next(line for line in panel.lines if line.get_gid() is None)
+    marks = [line for line in panel.lines if line.get_gid() == "gradscope-zero"]
+    assert len(marks) == 1 and sorted(marks[0].get_xdata()) == vanished
+    assert list(marks[0].get_ydata()) == [0.0] * 3 and marks[0].get_color() == source.get_color()
+    # y in axes coordinates: the bottom edge whatever the limits; the data limits are left alone
+    assert marks[0].get_transform() == panel.get_xaxis_transform() and panel.get_ylim()[0] > 0
+    assert ZERO_LABEL in [text.get_text() for text in fig.legends[0].get_texts()]
+    untouched = {ax.get_title(): ax for ax in _panels(fig)}["0"]
+    assert not [line for line in untouched.lines if line.get_gid() == "gradscope-zero"]
+    log_scale(panel, "y")  # again: the zeros are not marked twice
+    assert len([line for line in panel.lines if line.get_gid() == "gradscope-zero"]) == 1
+    plt.close(fig)
+
+
 def test_gradient_flow_of_a_100_layer_mlp(mlp_run, tmp_path):
     fig = plot_gradient_flow(mlp_run, steps=[0, 2, "last"], loss_name="mean square")
     panels = _panels(fig)
@@ -268,23 +291,26 @@ def test_gradient_flow_of_a_100_layer_mlp(mlp_run, tmp_path):
     for ax, stat in zip(panels, ["grad_out_norm", "grad_w_raw_norm", "act_out_var"]):
         table = flow_table(mlp_run.layers, stat)
         assert list(table.columns) == _order(mlp_run, stat)  # input to output
-        assert [line.get_label() for line in ax.lines] == ["0", "2", "3"]
-        for line in ax.lines:
-            expected = table.loc[int(line.get_label())].to_numpy()
-            expected = np.where(expected > 0, expected, np.nan) if ax.get_yscale() == "log" else expected
+        lines = [line for line in ax.lines if line.get_gid() != "gradscope-zero"]
+        assert [line.get_label() for line in lines] == ["0", "2", "3"]
+        marked = sorted(x for line in ax.lines if line.get_gid() == "gradscope-zero" for x in line.get_xdata())
+        zeros = sorted(x for line in lines for x, y in zip(line.get_xdata(), line.get_ydata()) if y == 0)
+        assert marked == (zeros if ax.get_yscale() == "log" else [])  # every 0 on a log axis, marked once
+        for line in lines:
             np.testing.assert_array_equal(line.get_xdata(), np.arange(100))
-            np.testing.assert_allclose(line.get_ydata(), expected)
+            np.testing.assert_allclose(line.get_ydata(), table.loc[int(line.get_label())].to_numpy())
         fig.canvas.draw()
         low, high = ax.get_xlim()
         ticks = [t.get_text() for t, v in zip(ax.get_xticklabels(), ax.get_xticks()) if low <= v <= high]
         assert 5 <= len(ticks) <= 25 and all(t.isdigit() for t in ticks)  # index ticks, thinned
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["0", "2", "3"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["0", "2", "3", ZERO_LABEL]  # gradients vanish
     table_text = "\n".join(t.get_text() for ax in fig.axes if not ax.axison for t in ax.texts)
     rows = [line.split() for line in table_text.splitlines()]
     assert sorted((int(i), name) for i, name in rows) == list(enumerate(_order(mlp_run)))
     assert "mean square" in panels[0].get_ylabel()
     default = plot_gradient_flow(mlp_run, stats=["grad_out_norm"])
-    assert len(_panels(default)[0].lines) == 4  # the default 5 steps, of the 4 recorded
+    drawn = [line for line in _panels(default)[0].lines if line.get_gid() != "gradscope-zero"]
+    assert len(drawn) == 4  # the default 5 steps, of the 4 recorded
     paths = style.save_figure(fig, tmp_path / "flow", formats=["png"])
     assert paths[0].stat().st_size < style.MAX_FIGURE_BYTES
 

@@ -250,15 +250,9 @@ def _panel(ax: Axes, wide: pd.DataFrame | None, steps: list[int], labels: list[s
     cmap = colormaps["viridis"]
     x = np.arange(wide.shape[1])
     for i, step in enumerate(present):
-        y = wide.loc[step].to_numpy(dtype=float)
-        if logy:
-            y = np.where(y > 0, y, np.nan)  # a 0 on a log axis is a gap, not a plunge
+        y = wide.loc[step].to_numpy(dtype=float)  # a 0 on the log axis is marked on its edge by log_scale
         shade = cmap(0.85 * i / max(len(present) - 1, 1))
         ax.plot(x, y, color=shade, marker="o" if len(x) <= 40 else None, markersize=3, label=str(step))
-    zeros = int((values == 0).sum())
-    if logy and zeros:
-        ax.text(0.01, 0.98, f"gaps: {zeros} of {values.size} values are 0 (log axis)", transform=ax.transAxes,
-                ha="left", va="top", fontsize=7, color="#777777")
     missing = [s for s in steps if s not in wide.index]
     if missing:
         ax.text(0.99, 0.02, f"step {', '.join(map(str, missing))}: not recorded", transform=ax.transAxes,

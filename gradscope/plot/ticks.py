@@ -31,6 +31,9 @@ PLAIN_RANGE = (1e-3, 1e4)
 #: A log axis spans at least this factor (see :func:`log_scale`).
 MIN_LOG_FACTOR = 2.0
 NOT_RECORDED = "not recorded"
+#: Legend label of the marks :func:`mark_zeros` draws.
+ZERO_LABEL = "exactly 0 (axis edge)"
+_ZERO_GID = "gradscope-zero"
 _EPS = 1e-9
 
 
@@ -159,7 +162,10 @@ def log_scale(ax: Axes, axis: str = "y", min_factor: float = MIN_LOG_FACTOR) -> 
     """Put ``ax``'s ``axis`` (``"x"`` or ``"y"``) on a log scale with readable ticks.
 
     Values <= 0 are masked (a gap in the line) rather than clipped to a tiny
-    number that would stretch the axis over hundreds of decades. When the
+    number that would stretch the axis over hundreds of decades. On a y axis,
+    values that are exactly 0 (a gradient that vanished) are drawn as small
+    triangles on the axis's bottom edge in their line's color, labelled
+    :data:`ZERO_LABEL`, so the gap does not read as "not recorded". When the
     lines already drawn span less than a factor ``min_factor``, the view is
     widened to that factor around them: a log axis shows ratios, and zooming
     into a 0.1% wiggle would both exaggerate it and need 4-digit tick labels.
@@ -193,6 +199,36 @@ def log_scale(ax: Axes, axis: str = "y", min_factor: float = MIN_LOG_FACTOR) -> 
     if data.size and data.max() / data.min() < min_factor:
         middle, half = math.sqrt(data.max() * data.min()), math.sqrt(min_factor)
         (ax.set_xlim if axis == "x" else ax.set_ylim)(middle / half, middle * half)
+    if axis == "y":
+        mark_zeros(ax)
+
+
+def mark_zeros(ax: Axes) -> int:
+    """Draw the exact zeros of ``ax``'s lines as triangles on its bottom edge; return how many were drawn.
+
+    A log axis has no 0, and a line's gap there looks like missing data, where the value is the
+    vanished gradient a reader looks for. Each line's zeros are drawn once, in its color; the first
+    marks of an axes carry :data:`ZERO_LABEL` for the legend.
+    """
+    drawn = 0
+    labelled = any(line.get_gid() == _ZERO_GID for line in ax.lines)
+    for line in list(ax.lines):
+        if line.get_gid() == _ZERO_GID or getattr(line, "_gradscope_zeros_marked", False):
+            continue
+        try:
+            x, y = np.asarray(line.get_xdata(), dtype=float), np.asarray(line.get_ydata(), dtype=float)
+        except (TypeError, ValueError):  # dates or categories
+            continue
+        zero = y == 0
+        if x.shape != y.shape or not zero.any():
+            continue
+        line._gradscope_zeros_marked = True  # drawn once, even when log_scale runs again
+        # x in data coordinates, y in axes coordinates: 0 is the bottom edge whatever the limits
+        ax.plot(x[zero], np.zeros(int(zero.sum())), transform=ax.get_xaxis_transform(), linestyle="none",
+                marker="v", markersize=4, color=line.get_color(), clip_on=False,
+                label="_nolegend_" if labelled else ZERO_LABEL, gid=_ZERO_GID)
+        labelled, drawn = True, drawn + int(zero.sum())
+    return drawn
 
 
 def can_log(values: Sequence[float] | np.ndarray) -> bool:
