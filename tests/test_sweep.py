@@ -297,3 +297,31 @@ def test_stability_figures_count_from_zero_fit_their_titles_and_say_when_nothing
     assert drawn["final_quality_box"].axes[0].get_ylim()[0] >= 0
     assert all(_inside(fig) for fig in drawn.values())
     plt.close("all")
+
+
+def test_a_sweep_of_one_method_over_settings_is_drawn_per_setting(monkeypatch, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from gradscope.sweep.summarize import setting_label
+
+    settings = [{"lr-d": 1e-4, "lr-g": 1e-4}, {"betas": "0.0,0.9"}]
+    table = pd.DataFrame([{"run": f"{i}-{s}", "status": "done", "method": "sn", "scale": 1.0,
+                           "setting": setting_label({**params, "seed": s}), "fid_metric": "mnist_fid",
+                           "final_fid": 100.0 * (i + 1) + s, "best_fid": 100.0 * (i + 1) + s,
+                           "collapsed": i == 0 and s == 0}
+                          for i, params in enumerate(settings) for s in range(3)])
+    drawn = _captured_figures(monkeypatch, table, tmp_path)
+    box = drawn["final_quality_box"].axes[0]
+    ticks = [t.get_text() for t in box.get_xticklabels()]
+    assert ticks == ["lr-d 0.0001, lr-g 0.0001\n(n=3)", "betas 0.0,0.9\n(n=3)"]
+    assert box.get_xlabel() == "grid setting (sn)"
+    assert "per grid setting" in drawn["final_quality_box"]._suptitle.get_text()
+    points = [sorted(c.get_offsets()[:, 1]) for c in box.collections]  # each setting's own runs
+    assert points == [[100.0, 101.0, 102.0], [200.0, 201.0, 202.0]]
+    assert [t.get_text() for t in drawn["collapse_fraction"].axes[0].texts] == ["1 of 3", "0 of 3"]
+    assert all(_inside(fig) for fig in drawn.values())
+    plt.close("all")
+    # several methods: per method over the whole grid, as before
+    drawn = _captured_figures(monkeypatch, table.assign(method=["sn", "bssn"] * 3), tmp_path / "methods")
+    assert drawn["final_quality_box"].axes[0].get_xlabel() == "normalization"
+    plt.close("all")

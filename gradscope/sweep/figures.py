@@ -72,11 +72,29 @@ def collapse_rule(column: str | None) -> str:
     return "diverged (no quality metric recorded)"
 
 
-def collapse_figure(finished: pd.DataFrame, methods: list[str], rule: str, output: Path) -> list[Path]:
-    """Fraction of collapsed runs per method, labelled ``k of n``; a plain message when none collapsed."""
-    fig, ax = _figure("Collapsed runs per method", len(methods))
+def _grouping(finished: pd.DataFrame) -> str:
+    """The column the runs are grouped by: ``"method"`` over the whole grid when the sweep compares methods,
+    ``"setting"`` (the grid's values but the seed) when it studies one method over several settings."""
+    if finished["method"].nunique() > 1 or "setting" not in finished or finished["setting"].nunique() < 2:
+        return "method"
+    return "setting"
+
+
+def _group_text(finished: pd.DataFrame, by: str) -> tuple[str, str]:
+    """The x axis label and the title's words of a grouping."""
+    if by == "method":
+        return "normalization", "per method (whole grid)"
+    return f"grid setting ({', '.join(sorted(finished['method'].dropna().unique()))})", "per grid setting, over seeds"
+
+
+def collapse_figure(finished: pd.DataFrame, methods: list[str], rule: str, output: Path,
+                    by: str = "method") -> list[Path]:
+    """Fraction of collapsed runs per method (or other ``by`` column), labelled ``k of n``; a plain message
+    when none collapsed."""
+    xlabel, words = _group_text(finished, by)
+    fig, ax = _figure(f"Collapsed runs {words.removesuffix(' (whole grid)')}", len(methods))
     ax.set_title(_wrap(f"collapsed = {rule}", fig.get_figwidth() - 0.6, 9), fontsize=9)
-    flags = [finished[finished["method"] == m]["collapsed"].astype(float) for m in methods]
+    flags = [finished[finished[by] == m]["collapsed"].astype(float) for m in methods]
     collapsed = [int(f.sum()) for f in flags]
     counts = [len(f) for f in flags]
     fractions = [k / n if n else 0.0 for k, n in zip(collapsed, counts)]
@@ -91,15 +109,17 @@ def collapse_figure(finished: pd.DataFrame, methods: list[str], rule: str, outpu
         ax.text(0.5, 0.55, f"No collapses:\nnone of the {sum(counts)} finished runs collapsed",
                 transform=ax.transAxes, ha="center", va="center", fontsize=10,
                 bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.7"})
-    style.label_axes(ax, "normalization", "collapsed runs (fraction)")
+    style.label_axes(ax, xlabel, "collapsed runs (fraction)")
     return style.save_figure(fig, output / "collapse_fraction")
 
 
 def quality_box_figure(finished: pd.DataFrame, methods: list[str], column: str, label: str,
-                       total: float | None, output: Path) -> list[Path]:
-    """Final quality per method: box plot and every run as a point, on an axis that starts at 0."""
-    fig, ax = _figure("Final sample quality per method (whole grid)", len(methods))
-    data = [finished[finished["method"] == m][column].dropna().to_numpy(dtype=float) for m in methods]
+                       total: float | None, output: Path, by: str = "method") -> list[Path]:
+    """Final quality per method (or other ``by`` column): box plot and every run as a point, on an axis that
+    starts at 0."""
+    xlabel, words = _group_text(finished, by)
+    fig, ax = _figure(f"Final sample quality {words}", len(methods))
+    data = [finished[finished[by] == m][column].dropna().to_numpy(dtype=float) for m in methods]
     ax.boxplot(data, showmeans=True, showfliers=False, widths=0.5)  # every run is drawn as a point
     rng = np.random.default_rng(0)
     for i, values in enumerate(data):
@@ -115,7 +135,7 @@ def quality_box_figure(finished: pd.DataFrame, methods: list[str], column: str, 
         style.integer_ticks(ax, "y")
     else:
         _floor_at_zero(ax)
-    style.label_axes(ax, "normalization", label)
+    style.label_axes(ax, xlabel, label)
     return style.save_figure(fig, output / "final_quality_box")
 
 
@@ -148,11 +168,13 @@ def stability_figures(table: pd.DataFrame, output: Path) -> list[Path]:
     if finished.empty or "method" not in finished:
         return []
     methods = sorted(finished["method"].dropna().unique())
+    by = _grouping(finished)
+    groups = methods if by == "method" else list(dict.fromkeys(finished[by].dropna()))  # in the grid's order
     column, label, total = _quality(finished)
-    paths = collapse_figure(finished, methods, collapse_rule(column), output)
+    paths = collapse_figure(finished, groups, collapse_rule(column), output, by=by)
     if column is None:
         return paths
-    paths += quality_box_figure(finished, methods, column, label, total, output)
+    paths += quality_box_figure(finished, groups, column, label, total, output, by=by)
     if finished["scale"].nunique() > 1:
         paths += quality_vs_scale_figure(finished, methods, column, label, total, output)
     return paths

@@ -186,6 +186,17 @@ def collapsed(row: dict) -> bool | float:
     return bool(collapse_reason(row))
 
 
+def setting_label(params: dict) -> str:
+    """A run's grid values but its seed, as one label (``"lr-d 0.0001, lr-g 0.0001"``); ``""`` for none.
+
+    Examples
+    --------
+    >>> setting_label({"lr-d": 1e-4, "lr-g": 1e-4, "seed": 3})
+    'lr-d 0.0001, lr-g 0.0001'
+    """
+    return ", ".join(f"{key} {value}" for key, value in params.items() if key != "seed")
+
+
 def summary_table(directory: str | Path) -> pd.DataFrame:
     """One row per run of the sweep in ``directory`` (see :func:`run_row`)."""
     directory = Path(directory)
@@ -201,8 +212,9 @@ def summary_table(directory: str | Path) -> pd.DataFrame:
             run = load_run(run_dir)
             settings[run_id] = fixed_settings(run.config, run.provenance, grid_keys)
     unlike = unlike_majority(settings)
-    for row in rows:
+    for row, entry in zip(rows, manifest.runs.values()):
         row["unlike_sweep"] = unlike.get(row["run"], "")
+        row["setting"] = setting_label(entry.params)
     odd = [run_id for run_id, text in unlike.items() if text]
     if odd:
         logger.warning(f"sweep {directory}: {len(odd)} of {len(unlike)} runs differ from the rest beyond the grid "
